@@ -1,0 +1,118 @@
+"""Judge an embedding: embed a labelled split, then fine and coarse retrieval metrics over it.
+
+The result has one format everywhere (``coins eval --json``, a run's ``eval.json``):
+``{"fine": {"recall@1": .., "recall@2": .., "recall@4": .., "recall@8": .., "map@r": ..,
+"knn_acc": ..}, "coarse": {...}}``, fractions in [0, 1]; ``"fine"`` is null for a split
+without fine labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .atomic import write_json
+from .checkpoint import load_embedder
+from .data import RetrievalDataset, TransformedDataset, build_dataset, eval_transform
+from .metrics import retrieval_metrics
+from .models import Embedder, EmbedderConfig, Which
+from .presets import model_preset
+
+Metrics = dict[str, dict[str, float] | None]
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: Embedder,
+    dataset: RetrievalDataset,
+    which: Which = "backbone",
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
+    """L2-normalised embeddings [N, D] float32 of every item, in dataset order."""
+    was_training = model.training
+    model.eval().to(device)
+    loader = DataLoader(
+        TransformedDataset(dataset, eval_transform(model.config.preprocess)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
+    chunks = []
+    for images, *_ in tqdm(loader, desc="embed", disable=not progress, leave=False):
+        chunks.append(model.embed(images.to(device), which).float().cpu())
+    model.train(was_training)
+    return torch.cat(chunks).numpy()
+
+
+def metrics_from_embeddings(
+    embeddings: np.ndarray,
+    coarse_labels: np.ndarray,
+    fine_labels: np.ndarray | None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+) -> Metrics:
+    """Fine and coarse retrieval metrics over one set of embeddings."""
+    fine = None
+    if fine_labels is not None and (fine_labels >= 0).any():
+        fine = retrieval_metrics(embeddings, fine_labels, ks=ks)
+    return {"fine": fine, "coarse": retrieval_metrics(embeddings, coarse_labels, ks=ks)}
+
+
+def evaluate(
+    model: Embedder,
+    dataset: RetrievalDataset,
+    which: Which = "backbone",
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Metrics:
+    """Embed `dataset` with `model` and compute its fine and coarse metrics."""
+    x = embed_dataset(model, dataset, which, batch_size, device, num_workers, progress)
+    return metrics_from_embeddings(x, dataset.coarse_labels, dataset.fine_labels)
+
+
+def format_table(metrics: Metrics) -> str:
+    """A plain-text table: one row per label level, one column per metric, in percent."""
+    rows = {level: m for level, m in metrics.items() if m is not None}
+    if not rows:
+        return "(no metrics)"
+    names = list(next(iter(rows.values())))
+    lines = ["level   " + "".join(f"{n:>10}" for n in names)]
+    for level, m in rows.items():
+        lines.append(f"{level:<8}" + "".join(f"{100 * m[n]:>10.2f}" for n in names))
+    return "\n".join(lines)
+
+
+def evaluate_model_on(
+    dataset: str,
+    split: str = "test",
+    checkpoint: str | Path | None = None,
+    model_config: EmbedderConfig | None = None,
+    root: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+    which: Which = "backbone",
+    batch_size: int = 256,
+    device: str = "cpu",
+    seed: int = 0,
+    json_path: str | Path | None = None,
+) -> Metrics:
+    """`coins eval`: a checkpoint, or a seeded random embedder, on a data set split."""
+    if checkpoint is not None:
+        model = load_embedder(checkpoint)
+    else:
+        torch.manual_seed(seed)
+        model = Embedder(model_config or model_preset(dataset))
+    data = build_dataset(dataset, split=split, root=root, **(options or {}))
+    metrics = evaluate(model, data, which=which, batch_size=batch_size, device=device)
+    if json_path is not None:
+        write_json(json_path, metrics)
+    return metrics

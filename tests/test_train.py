@@ -1,0 +1,90 @@
+import itertools
+import json
+
+import pytest
+import torch
+import yaml
+from train_fixtures import tiny_config
+
+from coins.retrieval.checkpoint import load_checkpoint, load_embedder
+from coins.train import METHODS, TrainingDiverged, load_config, train
+from coins.train.metrics_log import read_log
+from coins.train.schedule import lr_at
+
+METRIC_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "knn_acc"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_writes_its_run_directory(method, tmp_path) -> None:
+    cfg = tiny_config(method=method, max_steps=6)
+    metrics = train(cfg, tmp_path, progress=False)
+    assert set(metrics) == {"fine", "coarse"}
+    assert set(metrics["fine"]) == METRIC_KEYS
+    assert json.loads((tmp_path / "eval.json").read_text()) == metrics
+    steps = [r for r in read_log(tmp_path / "metrics.jsonl") if r["event"] == "step"]
+    assert len(steps) == 6 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["method"] == method and state["train_config"]["method"] == method
+    load_embedder(tmp_path / "checkpoint.pt")  # rebuilt from the file alone
+    if method == "coinsp":  # the proxy loss is on after epoch M = 1
+        assert any("proxy" in r for r in steps)
+
+
+def test_resume_continues_exactly(tmp_path) -> None:
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train(tiny_config(method="coinsp"), straight, progress=False)
+    # Stop after the first epoch (4 steps), then resume for the second.
+    train(tiny_config(method="coinsp", max_steps=4), interrupted, progress=False)
+    train(tiny_config(method="coinsp"), interrupted, resume=True, progress=False)
+
+    def second_epoch(run):
+        return [
+            r["loss"]
+            for r in read_log(run / "metrics.jsonl")
+            if r["event"] == "step" and r["epoch"] == 2
+        ]
+
+    a, b = second_epoch(straight), second_epoch(interrupted)
+    assert len(a) == len(b) == 4
+    assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path) -> None:
+    train(tiny_config(max_steps=4), tmp_path, progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(TrainingDiverged, match="last good checkpoint is kept"):
+        train(tiny_config(lr=float("inf")), tmp_path, resume=True, progress=False)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_queue_size_must_be_a_multiple_of_the_batch(tmp_path) -> None:
+    with pytest.raises(ValueError, match="multiple of the global batch"):
+        train(tiny_config(K=50), tmp_path, progress=False)
+
+
+def test_config_layers_preset_then_file_then_flags(tmp_path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text(yaml.safe_dump({"dataset": "fashion-mnist", "alpha": 0.3, "epochs": 9}))
+    cfg = load_config(file, epochs=3, model={"head_dim": 64})
+    assert (cfg.alpha, cfg.epochs, cfg.model.head_dim) == (0.3, 3, 64)
+    assert cfg.model.preprocess.in_chans == 1  # from the fashion-mnist preset, kept by the merge
+    with pytest.raises(ValueError, match="unknown training options"):
+        load_config(alpah=0.3)
+    with pytest.raises(ValueError, match="expected one of"):
+        load_config(method="simclr")
+
+
+def test_resolved_config_is_saved_and_reloads(tmp_path) -> None:
+    cfg = tiny_config(max_steps=1)
+    train(cfg, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert load_config(**saved) == cfg
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    cfg = tiny_config(epochs=10, warmup_epochs=2, lr=1.0)
+    lrs = [lr_at(cfg, s, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[20:]))
+    step = tiny_config(epochs=10, schedule="step", lr_steps=[5, 8], lr=1.0)
+    assert [lr_at(step, e * 10, 10) for e in (0, 5, 8)] == pytest.approx([1.0, 0.1, 0.01])

@@ -1,0 +1,136 @@
+"""Every method of the toolkit on one backbone + head: q = normalize(head(backbone(x))).
+
+cos        L_cos                      coarse cosine classifier
+opt        L_cos on fine labels       (reference upper bound, uses fine labels)
+ins        L_ins                      MoCo v2 instance discrimination
+coins      L_ins + alpha L_cos
+coins-imp  L_ins (negatives only from the query's coarse class) + alpha L_cos
+coinsp     coins-imp (or coins) + lambda_P L_proxy after epoch M
+grafit     w SupCon_queue(coarse) + (1 - w) L_ins
+maskcon    MaskCon's soft-target contrastive loss
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..retrieval.models import Embedder
+from .config import TrainConfig
+from .distributed import concat_all_gather
+from .losses import (
+    CosineClassifier,
+    cos_loss,
+    grafit_loss,
+    info_nce,
+    instance_logits,
+    maskcon_loss,
+    proxy_loss,
+)
+from .proxies import InstanceProxies
+from .queue import KeyQueue
+from .shuffle_bn import grouped_forward, shuffled_forward
+
+CLASSIFIER_METHODS = ("cos", "opt", "coins", "coins-imp", "coinsp")
+
+
+class CoInsModel(nn.Module):
+    """Query encoder, momentum key encoder, queue, coarse classifier and proxies, as a method needs.
+
+    Args:
+        cfg: the run's config (method, K, m, T, alpha, bn_splits, proxy options).
+        num_classes: classes of the classifier (coarse; fine for `opt`).
+        train_coarse: coarse label of every training example (for the `coinsp` proxies).
+    """
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, train_coarse: np.ndarray) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder_q = Embedder(cfg.model)
+        dim = cfg.model.head_dim
+        self.classifier = (
+            CosineClassifier(dim, num_classes, cfg.T) if cfg.method in CLASSIFIER_METHODS else None
+        )
+        self.encoder_k: Embedder | None = None
+        self.queue: KeyQueue | None = None
+        if cfg.uses_queue:
+            self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False)
+            self.queue = KeyQueue(dim, cfg.K)
+        self.proxies: InstanceProxies | None = None
+        if cfg.method == "coinsp":
+            P = cfg.proxies or max(1, len(train_coarse) // 5)
+            self.proxies = InstanceProxies(
+                train_coarse, dim, P, cfg.proxy_per_coarse, cfg.bank_momentum
+            )
+
+    @torch.no_grad()
+    def _momentum_update_key_encoder(self) -> None:
+        assert self.encoder_k is not None
+        m = self.cfg.m
+        for p_k, p_q in zip(self.encoder_k.parameters(), self.encoder_q.parameters(), strict=True):
+            p_k.mul_(m).add_(p_q.detach(), alpha=1 - m)
+
+    def forward(
+        self,
+        im_q: torch.Tensor,
+        im_k: torch.Tensor | None,
+        coarse: torch.Tensor,
+        fine: torch.Tensor,
+        index: torch.Tensor,
+        generator: torch.Generator,
+        instance_on: bool = True,
+        proxy_on: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One training step's loss and its parts; updates the key encoder, queue and bank."""
+        cfg = self.cfg
+        q = grouped_forward(self.encoder_q, im_q, cfg.bn_splits)  # NxD
+        parts: dict[str, torch.Tensor] = {}
+        if self.classifier is not None:
+            target = fine if cfg.method == "opt" else coarse
+            parts["cos"] = cos_loss(self.classifier(q), target)
+        if self.queue is not None and self.encoder_k is not None:
+            assert im_k is not None, f"{cfg.method} needs two views"
+            self._momentum_update_key_encoder()
+            k = shuffled_forward(self.encoder_k, im_k, cfg.bn_splits, generator)  # NxD
+            if instance_on:
+                parts.update(self._instance_losses(q, k, coarse))
+            k_all, coarse_all, index_all = (concat_all_gather(t) for t in (k, coarse, index))
+            self.queue.enqueue(k_all, coarse_all, index_all)
+            if self.proxies is not None:
+                self.proxies.update(index_all, k_all)
+        if self.proxies is not None and proxy_on:
+            parts["proxy"] = proxy_loss(
+                q, self.proxies.proxies, self.proxies.pseudo[index], cfg.T_p
+            )
+        loss = sum(self._weight(name) * value for name, value in parts.items())
+        assert isinstance(loss, torch.Tensor), f"{cfg.method}: no loss term is active"
+        return loss, {name: float(v.detach()) for name, v in parts.items()}
+
+    def _instance_losses(
+        self, q: torch.Tensor, k: torch.Tensor, coarse: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        assert self.queue is not None
+        cfg, queue, queue_coarse = self.cfg, self.queue.queue.clone(), self.queue.coarse.clone()
+        if cfg.method == "grafit":
+            return {"grafit": grafit_loss(q, k, queue, coarse, queue_coarse, cfg.T, cfg.peer_w)}
+        if cfg.method == "maskcon":
+            loss = maskcon_loss(
+                q, k, queue, coarse, queue_coarse, cfg.maskcon_T0, cfg.maskcon_T, cfg.peer_w
+            )
+            return {"maskcon": loss}
+        within_coarse = cfg.method == "coins-imp" or (cfg.method == "coinsp" and cfg.imp_proxy)
+        if within_coarse:
+            logits = instance_logits(q, k, queue, cfg.T, coarse, queue_coarse)  # Nx(1+K)
+        else:
+            logits = instance_logits(q, k, queue, cfg.T)  # Nx(1+K)
+        return {"ins": info_nce(logits)}
+
+    def _weight(self, part: str) -> float:
+        if part == "cos" and self.cfg.method not in ("cos", "opt"):
+            return self.cfg.alpha
+        if part == "proxy":
+            return self.cfg.lambda_p
+        return 1.0

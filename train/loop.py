@@ -1,0 +1,287 @@
+"""The training loop: epochs of steps, logs, evaluation, atomic checkpoints and exact resume.
+
+Resume is exact at epoch boundaries: the data order, the augmentation RNG and the shuffle-BN
+permutations are all seeded from (seed, epoch, step), and a checkpoint holds every tensor the
+next epoch reads (both encoders, queue, classifier, bank, proxies, optimiser).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..retrieval.atomic import write_json
+from ..retrieval.checkpoint import load_checkpoint, save_checkpoint
+from ..retrieval.data import (
+    RetrievalDataset,
+    TransformedDataset,
+    TwoViews,
+    build_dataset,
+    train_transform,
+)
+from ..retrieval.evaluate import Metrics, evaluate
+from ..retrieval.models import Which
+from . import distributed as dist
+from .builder import CoInsModel
+from .config import TrainConfig
+from .metrics_log import MetricsLog
+from .schedule import lr_at
+
+LAST = "last.pt"  # checkpoint written every `checkpoint_every` epochs; --resume reads it
+FINAL = "checkpoint.pt"  # the final model
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def _loader(data: RetrievalDataset, cfg: TrainConfig, epoch: int) -> DataLoader:
+    rank, size = dist.world()
+    base = train_transform(cfg.model.preprocess, cfg.augment)
+    transform = TwoViews(base) if cfg.uses_queue else base
+    # The sampler also runs alone (one replica) so the data order depends on (seed, epoch) only.
+    dataset = TransformedDataset(data, transform)
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, size, rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=True,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
+    )
+
+
+def _optimizer(cfg: TrainConfig, model: CoInsModel) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _check_sizes(cfg: TrainConfig, data: RetrievalDataset) -> int:
+    """Steps per epoch; a clear error for queue and batch sizes that cannot work."""
+    _, size = dist.world()
+    global_batch = cfg.batch_size * size
+    if cfg.uses_queue and cfg.K % global_batch != 0:
+        raise ValueError(
+            f"queue size K={cfg.K} must be a multiple of the global batch {global_batch} "
+            f"(batch_size {cfg.batch_size} x {size} processes)"
+        )
+    if cfg.batch_size % cfg.bn_splits != 0:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} must be a multiple of bn_splits {cfg.bn_splits}"
+        )
+    steps = len(data) // global_batch
+    if steps == 0:
+        raise ValueError(
+            f"{len(data)} training images are fewer than one global batch of {global_batch}"
+        )
+    return steps
+
+
+def _evaluate(
+    model: CoInsModel, data: RetrievalDataset, cfg: TrainConfig, device: torch.device
+) -> Metrics:
+    which: Which = "head" if cfg.eval_which == "head" else "backbone"
+    return evaluate(model.encoder_q, data, which=which, device=device, progress=False)
+
+
+def _save(
+    path: Path,
+    model: CoInsModel,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    epoch: int,
+    step: int,
+    data: RetrievalDataset,
+) -> None:
+    classifier = None
+    if model.classifier is not None:
+        names = data.fine_classes if cfg.method == "opt" else data.coarse_classes
+        classifier = {
+            "weight": model.classifier.weight.detach().cpu(),
+            "T": cfg.T,
+            "classes": names,
+        }
+    save_checkpoint(
+        path,
+        model.encoder_q,
+        method=cfg.method,
+        train_config=cfg.to_dict(),
+        classifier=classifier,
+        epoch=epoch,
+        step=step,
+        train_state={"model": model.state_dict(), "optimizer": opt.state_dict()},
+    )
+
+
+def train(
+    cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
+) -> Metrics:
+    """Train `cfg.method` and return the final test metrics (also in OUT/eval.json)."""
+    distributed = dist.setup(cfg.device)
+    try:
+        return _train(cfg, Path(out), resume, progress and dist.is_main(), distributed)
+    finally:
+        dist.teardown()
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distributed: bool) -> Metrics:
+    rank, _ = dist.world()
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.manual_seed(cfg.seed)  # model init: the same on every rank
+    train_set = build_dataset(cfg.dataset, "train", cfg.root, **cfg.dataset_options)
+    steps_per_epoch = _check_sizes(cfg, train_set)
+    eval_set = build_dataset(cfg.dataset, cfg.eval_split, cfg.root, **cfg.dataset_options)
+    num_classes = (
+        len(train_set.fine_classes or []) if cfg.method == "opt" else len(train_set.coarse_classes)
+    )
+    if cfg.method == "opt" and train_set.fine_labels is None:
+        raise ValueError(f"method opt needs fine labels; {cfg.dataset} has none")
+    model = CoInsModel(cfg, num_classes, train_set.coarse_labels).to(device)
+    net: torch.nn.Module = DistributedDataParallel(model) if distributed else model
+    opt = _optimizer(cfg, model)
+    start, step = 0, 0
+    if resume:
+        state = load_checkpoint(out / LAST)
+        model.load_state_dict(state["train_state"]["model"])
+        opt.load_state_dict(state["train_state"]["optimizer"])
+        start, step = state["epoch"] + 1, state["step"]
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", cfg.to_dict())
+    log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+    M = cfg.proxy_start_epoch or cfg.epochs // 2
+    metrics: Metrics = {}
+    epoch = max(start - 1, 0)  # a finished run resumed: nothing left to train
+    for epoch in range(start, cfg.epochs):
+        if model.proxies is not None and epoch >= M:
+            model.proxies.recluster(cfg.seed + epoch)
+            dist.broadcast_(model.proxies.proxies)
+            dist.broadcast_(model.proxies.pseudo)
+        torch.manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)  # augmentation in this process
+        step = _epoch(
+            net,
+            model,
+            opt,
+            cfg,
+            train_set,
+            epoch,
+            step,
+            steps_per_epoch,
+            log,
+            device,
+            progress,
+            proxy_on=model.proxies is not None and epoch >= M,
+        )
+        last = epoch + 1 == cfg.epochs or (cfg.max_steps and step >= cfg.max_steps)
+        if dist.is_main() and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+            _save(out / LAST, model, opt, cfg, epoch, step, train_set)
+        if dist.is_main() and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
+            metrics = _evaluate(model, eval_set, cfg, device)
+            log.write({"event": "eval", "epoch": epoch + 1, "step": step, **metrics})
+        if last:
+            break
+    if dist.is_main():
+        _save(out / FINAL, model, opt, cfg, epoch, step, train_set)
+        write_json(out / "eval.json", metrics)
+    return metrics
+
+
+def _epoch(
+    net: torch.nn.Module,
+    model: CoInsModel,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    data: RetrievalDataset,
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+    log: MetricsLog,
+    device: torch.device,
+    progress: bool,
+    proxy_on: bool,
+) -> int:
+    """One pass over the training data; returns the global step count after it."""
+    net.train()
+    _, size = dist.world()
+    amp = cfg.amp and device.type == "cuda"
+    bar = tqdm(
+        _loader(data, cfg, epoch),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        total=steps_per_epoch,
+        disable=not progress,
+        leave=False,
+    )
+    tic, sums, count = time.perf_counter(), {"loss": 0.0}, 0
+    for views, coarse, fine, _, index in bar:
+        lr = lr_at(cfg, step, steps_per_epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        im_q, im_k = views if isinstance(views, list | tuple) else (views, None)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss, parts = net(
+                im_q.to(device, non_blocking=True),
+                None if im_k is None else im_k.to(device, non_blocking=True),
+                coarse.to(device),
+                fine.to(device),
+                index.to(device),
+                generator,
+                instance_on=epoch >= cfg.cos_warmup_epochs,
+                proxy_on=proxy_on,
+            )
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {float(loss)} at epoch {epoch + 1}, step {step} (parts {parts}); "
+                f"stopped; the last good checkpoint is kept. Lower --lr or check the data."
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step, count, value = step + 1, count + 1, loss.item()
+        sums["loss"] += value
+        for name, part in parts.items():
+            sums[name] = sums.get(name, 0.0) + part
+        rate = count * cfg.batch_size * size / (time.perf_counter() - tic)
+        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
+        if cfg.log_every and step % cfg.log_every == 0:
+            log.write(
+                {
+                    "event": "step",
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "lr": lr,
+                    "loss": value,
+                    **parts,
+                    "images_per_s": rate,
+                }
+            )
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    means = {name: value / max(count, 1) for name, value in sums.items()}
+    log.write(
+        {
+            "event": "epoch",
+            "epoch": epoch + 1,
+            "step": step,
+            **means,
+            "images_per_s": count * cfg.batch_size * size / (time.perf_counter() - tic),
+        }
+    )
+    return step
+
+
+__all__ = ["FINAL", "LAST", "TrainingDiverged", "train"]
