@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
+from train_fixtures import TINY_DATA, tiny_config
 
 from coins.retrieval.data import build_dataset
 from coins.train import TrainConfig
 from coins.train.builder import CoInsModel
 from coins.train.launch import torchrun_command
 from coins.train.metrics_log import read_log
-from train_fixtures import TINY_DATA, tiny_config
 
 STEPS, BATCH = 3, 16
 
@@ -85,7 +85,7 @@ def test_two_ranks_stay_in_sync_and_equal_one_process_with_two_bn_groups(tmp_pat
         and "num_batches" not in k
     ]
     assert trained
-    for key in trained + ["queue.queue", "queue.coarse", "queue.index"]:
+    for key in [*trained, "queue.queue", "queue.coarse", "queue.index"]:
         torch.testing.assert_close(
             rank0[key], rank1[key], rtol=0, atol=0, msg=f"ranks differ: {key}"
         )

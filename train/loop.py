@@ -245,7 +245,7 @@ def _epoch(
             )
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"loss became {float(loss)} at epoch {epoch + 1}, step {step} (parts {parts}); "
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {step} (parts {parts}); "
                 f"stopped; the last good checkpoint is kept. Lower --lr or check the data."
             )
         opt.zero_grad(set_to_none=True)
