@@ -22,9 +22,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[test]'
 	touch $@
 
+# The longest pipeline that exists so far: data -> train -> eval, on the built-in synthetic set.
 demo: $(VENV)/.installed
+	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/coins data show synthetic-patches
 	$(VENV)/bin/coins eval --dataset synthetic-patches --split test --json $(DEMO_DIR)/eval-random.json
+	$(VENV)/bin/coins train --method coins --dataset synthetic-patches --epochs 10 --num-workers 0 \
+		--out $(DEMO_DIR)/coins
+	$(VENV)/bin/coins eval $(DEMO_DIR)/coins/checkpoint.pt --dataset synthetic-patches --split test \
+		--json $(DEMO_DIR)/eval-coins.json
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -161,7 +161,7 @@ def _train(
             overrides["dataset_options"] = _parse_options(option)
         cfg = load_config(config, **{**overrides, **fields})
         metrics = train(cfg, out, resume=resume)
-    except (DatasetError, FileNotFoundError, ValueError, TrainingDiverged) as e:
+    except (DatasetError, OSError, ValueError, TrainingDiverged) as e:
         raise _fail(e) from e
     if metrics:
         typer.echo(format_table(metrics))

@@ -57,6 +57,14 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path) ->
     assert (tmp_path / "last.pt").read_bytes() == before
 
 
+def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path) -> None:
+    train(tiny_config(max_steps=1), tmp_path, progress=False)
+    log = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(max_steps=1), tmp_path, progress=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == log
+
+
 def test_queue_size_must_be_a_multiple_of_the_batch(tmp_path) -> None:
     with pytest.raises(ValueError, match="multiple of the global batch"):
         train(tiny_config(K=50), tmp_path, progress=False)

@@ -138,6 +138,10 @@ def train(
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distributed: bool) -> Metrics:
     rank, _ = dist.world()
+    if not resume and (out / LAST).exists():
+        raise FileExistsError(
+            f"{out} already holds a run ({LAST}); pass --resume to continue it, or another --out"
+        )
     device = torch.device(cfg.device)
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", torch.cuda.current_device())

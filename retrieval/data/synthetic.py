@@ -16,7 +16,6 @@ from .base import DatasetError, RetrievalDataset, check_split
 from .registry import register_dataset
 
 _STREAMS = {"pool": 0, "train": 1, "test": 2}  # independent RNG streams derived from the seed
-_CELL = 2  # patch texture: a random colour grid with cells of _CELL x _CELL pixels
 _MIN_VALUE = 32  # patch colours stay visibly apart from the black canvas
 
 
@@ -32,6 +31,8 @@ class SyntheticPatches(RetrievalDataset):
         big_size, small_size: side of the big (14) and small (6) patches.
         nested: each fine class belongs to one coarse class (a seeded balanced assignment) and
             an image shows the small patch's own big patch; else the two are drawn independently.
+        cells: a patch is a cells x cells grid of random colours (1: one solid colour, which
+            survives crops and flips; larger grids make finer, more fragile textures).
         seed: generates the pool and both splits.
     """
 
@@ -48,6 +49,7 @@ class SyntheticPatches(RetrievalDataset):
         big_size: int = 14,
         small_size: int = 6,
         nested: bool = True,
+        cells: int = 1,
         seed: int = 0,
     ) -> None:
         source = self.name
@@ -62,6 +64,7 @@ class SyntheticPatches(RetrievalDataset):
             image_size=image_size,
             big_size=big_size,
             small_size=small_size,
+            cells=cells,
         )
         if nested and num_fine % num_coarse:
             raise DatasetError(
@@ -69,8 +72,10 @@ class SyntheticPatches(RetrievalDataset):
                 f"got num_fine={num_fine}, num_coarse={num_coarse}"
             )
         pool_rng = np.random.default_rng([seed, _STREAMS["pool"]])
-        self.big_patches = _random_patches(pool_rng, num_coarse, big_size)  # uint8 [C,B,B,3]
-        self.small_patches = _random_patches(pool_rng, num_fine, small_size)  # uint8 [F,s,s,3]
+        self.big_patches = _random_patches(pool_rng, num_coarse, big_size, cells)  # uint8 [C,B,B,3]
+        self.small_patches = _random_patches(
+            pool_rng, num_fine, small_size, cells
+        )  # uint8 [F,s,s,3]
         # fine class f belongs to coarse class fine_to_coarse[f], each coarse class owning F/C
         self.fine_to_coarse: np.ndarray | None = None
         if nested:
@@ -128,11 +133,11 @@ def _check_sizes(**sizes: int) -> None:
         )
 
 
-def _random_patches(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
-    """`count` textures: random colour grids upsampled (nearest), uint8 [count, size, size, 3]."""
-    cells = -(-size // _CELL)
+def _random_patches(rng: np.random.Generator, count: int, size: int, cells: int) -> np.ndarray:
+    """`count` patches: cells x cells random colour grids, nearest-upsampled; uint8 [n,s,s,3]."""
+    cell = -(-size // cells)
     grid = rng.integers(_MIN_VALUE, 256, size=(count, cells, cells, 3), dtype=np.uint8)
-    patches = grid.repeat(_CELL, axis=1).repeat(_CELL, axis=2)
+    patches = grid.repeat(cell, axis=1).repeat(cell, axis=2)
     return np.ascontiguousarray(patches[:, :size, :size])
 
 
