@@ -1,10 +1,10 @@
 import json
 
 import yaml
+from train_fixtures import TINY_DATA, TINY_MODEL
 from typer.testing import CliRunner
 
 from coins.cli import app
-from train_fixtures import TINY_DATA, TINY_MODEL
 
 runner = CliRunner()
 TINY_OPTIONS = [arg for key, value in TINY_DATA.items() for arg in ("--option", f"{key}={value}")]
