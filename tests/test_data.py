@@ -206,3 +206,15 @@ def test_register_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(data, Tiny) and len(data) == 8 and data.summary()["name"] == "tiny"
     with pytest.raises(DatasetError, match="already taken"):
         register_dataset("tiny")(SyntheticPatches)
+
+
+def test_synthetic_anchored_layout_keeps_patches_near_their_corners() -> None:
+    data = build_dataset("synthetic-patches", "train", layout="anchored", jitter=2)
+    big, small = data.boxes[:, 0], data.boxes[:, 1]
+    assert big[:, :2].min() >= 0 and big[:, :2].max() <= 4  # anchor 2, moved by at most 2
+    assert small[:, 2:].max() <= 32 and small[:, :2].min() >= 32 - 6 - 4
+    assert len({tuple(b) for b in big[:, :2].tolist()}) > 1  # it does move
+    with pytest.raises(DatasetError, match="layout"):
+        build_dataset("synthetic-patches", "train", layout="grid")
+    with pytest.raises(DatasetError, match="jitter"):
+        build_dataset("synthetic-patches", "train", layout="anchored", jitter=5)

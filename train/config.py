@@ -40,7 +40,7 @@ class TrainConfig:
     K: int = 4096  # queue size; K % (batch_size * world_size) == 0
     m: float = 0.99  # key-encoder momentum
     T: float = 0.2  # temperature of L_ins and L_cos
-    bn_splits: int = 8  # single-process shuffle-BN: the batch is forwarded in this many groups
+    bn_splits: int = 2  # single-process shuffle-BN: the batch is forwarded in this many groups
     # losses
     alpha: float = 0.5  # weight of L_cos in coins / coins-imp / coinsp
     cos_warmup_epochs: int = 0  # epochs of L_cos alone before the instance loss joins
@@ -149,9 +149,9 @@ def preset(dataset: str) -> dict[str, Any]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "synthetic-patches": {
-        "epochs": 60,
+        "epochs": 30,
         "batch_size": 64,
-        "K": 1024,
+        "K": 256,  # below the 512 training images: a queue as long as the data set holds positives
         "lr": 0.12,
         "warmup_epochs": 2,
         "augment": {"crop_scale": [0.6, 1.0], "color_jitter": 0.0, "grayscale_p": 0.0},

@@ -33,6 +33,10 @@ class SyntheticPatches(RetrievalDataset):
             an image shows the small patch's own big patch; else the two are drawn independently.
         cells: a patch is a cells x cells grid of random colours (1: one solid colour, which
             survives crops and flips; larger grids make finer, more fragile textures).
+        layout: "random" places both patches anywhere (apart); "anchored" puts the big patch
+            near the top-left and the small one near the bottom-right corner, each moved by up
+            to `jitter` pixels. A random layout identifies every image by itself, which gives
+            instance discrimination a shortcut that says nothing about the fine class.
         seed: generates the pool and both splits.
     """
 
@@ -50,6 +54,8 @@ class SyntheticPatches(RetrievalDataset):
         small_size: int = 6,
         nested: bool = True,
         cells: int = 1,
+        layout: str = "random",
+        jitter: int = 2,
         seed: int = 0,
     ) -> None:
         source = self.name
@@ -86,7 +92,12 @@ class SyntheticPatches(RetrievalDataset):
         count = num_train if split == "train" else num_test
         rng = np.random.default_rng([seed, _STREAMS[split]])
         coarse, fine = self._sample_labels(rng, count, num_coarse, num_fine)
-        self.boxes = _place_boxes(rng, count, image_size, big_size, small_size)  # int64 [N,2,4]
+        if layout not in ("random", "anchored"):
+            raise DatasetError(f"{source}: layout {layout!r}; expected 'random' or 'anchored'")
+        if layout == "anchored":
+            self.boxes = _anchored_boxes(rng, count, image_size, big_size, small_size, jitter)
+        else:
+            self.boxes = _place_boxes(rng, count, image_size, big_size, small_size)  # [N,2,4]
         self.images = self._paint(coarse, fine, image_size)  # uint8 [N,S,S,3]
 
         self.split = split
@@ -155,6 +166,24 @@ def _place_boxes(
         if len(todo) == 0:
             break
     assert len(todo) == 0, "could not place the small patches"
+    boxes = np.empty((count, 2, 4), dtype=np.int64)
+    boxes[:, 0, :2], boxes[:, 0, 2:] = big_xy, big_xy + big
+    boxes[:, 1, :2], boxes[:, 1, 2:] = small_xy, small_xy + small
+    return boxes
+
+
+def _anchored_boxes(
+    rng: np.random.Generator, count: int, image_size: int, big: int, small: int, jitter: int
+) -> np.ndarray:
+    """Big patch near the top-left, small near the bottom-right, each moved by <= jitter px."""
+    if jitter < 0 or image_size < big + small + 4 * jitter:
+        raise DatasetError(
+            f"synthetic-patches: anchored layout needs 0 <= jitter and image_size >= big_size + "
+            f"small_size + 4 * jitter; got image_size={image_size}, big_size={big}, "
+            f"small_size={small}, jitter={jitter}"
+        )
+    big_xy = jitter + rng.integers(-jitter, jitter + 1, size=(count, 2))
+    small_xy = image_size - small - jitter + rng.integers(-jitter, jitter + 1, size=(count, 2))
     boxes = np.empty((count, 2, 4), dtype=np.int64)
     boxes[:, 0, :2], boxes[:, 0, 2:] = big_xy, big_xy + big
     boxes[:, 1, :2], boxes[:, 1, 2:] = small_xy, small_xy + small
