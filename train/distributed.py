@@ -27,7 +27,8 @@ def setup(device: str) -> bool:
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=timedelta(minutes=10))
+    # Rank 0 evaluates while the others wait at their next collective: allow a long wait.
+    dist.init_process_group(backend, timeout=timedelta(minutes=60))
     return True
 
 
