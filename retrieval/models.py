@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configs import check_fields
 from .data.transforms import Preprocess
 
 Which = Literal["backbone", "head"]
@@ -39,12 +40,7 @@ class EmbedderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EmbedderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"unknown model config keys {sorted(unknown)}; expected {sorted(known)}"
-            )
+        check_fields(cls, d, "model config keys")
         d = dict(d)
         pre = d.pop("preprocess", {})
         if isinstance(pre, dict):

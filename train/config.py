@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ..retrieval.configs import check_fields
 from ..retrieval.data.transforms import Augment
 from ..retrieval.models import EmbedderConfig
 from ..retrieval.presets import model_preset
@@ -88,10 +89,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}")
+        check_fields(cls, d, "training options")
         d = dict(d)
         model = d.pop("model", None)
         augment = d.pop("augment", None)

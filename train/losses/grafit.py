@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ins import check_moco, instance_logits, same_coarse
+from .ins import check_moco, instance_logits, mix_with_key, same_coarse
 
 
 def grafit_target(q_coarse: Tensor, queue_coarse: Tensor, w: float) -> Tensor:
@@ -19,9 +19,7 @@ def grafit_target(q_coarse: Tensor, queue_coarse: Tensor, w: float) -> Tensor:
     same = same_coarse(q_coarse, queue_coarse).double()  # NxK
     z = torch.cat([torch.ones_like(same[:, :1]), same], dim=1)  # Nx(1+K), 1 on key and same-coarse
     z = z / z.sum(dim=1, keepdim=True)  # Nx(1+K), SupCon's uniform target
-    onehot = torch.zeros_like(z)  # Nx(1+K)
-    onehot[:, 0] = 1.0
-    return w * z + (1 - w) * onehot  # Nx(1+K)
+    return mix_with_key(z, w)  # Nx(1+K)
 
 
 def grafit_loss(

@@ -75,3 +75,10 @@ def info_nce(logits: Tensor) -> Tensor:
         raise ValueError(f"expected logits Nx(1+K), got {tuple(logits.shape)}")
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)  # N
     return F.cross_entropy(logits, labels)
+
+
+def mix_with_key(z: Tensor, w: float) -> Tensor:
+    """w * z + (1 - w) * onehot(key): a peer's soft target blended with InfoNCE's."""
+    onehot = torch.zeros_like(z)  # Nx(1+K)
+    onehot[:, 0] = 1.0
+    return w * z + (1 - w) * onehot  # Nx(1+K)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ins import check_moco, instance_logits, same_coarse
+from .ins import check_moco, instance_logits, mix_with_key, same_coarse
 
 
 @torch.no_grad()
@@ -31,9 +31,7 @@ def maskcon_target(
     a = torch.exp(s - s_max)  # NxK, largest same-coarse entry is 1, masked ones 0
     z = torch.cat([torch.ones_like(a[:, :1]), a], dim=1)  # Nx(1+K), 1 on the key
     z = z / z.sum(dim=1, keepdim=True)  # Nx(1+K)
-    onehot = torch.zeros_like(z)  # Nx(1+K)
-    onehot[:, 0] = 1.0
-    return w * z + (1 - w) * onehot  # Nx(1+K)
+    return mix_with_key(z, w)  # Nx(1+K)
 
 
 def maskcon_loss(
