@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/coins data show synthetic-patches
 	$(VENV)/bin/coins eval --dataset synthetic-patches --split test --json $(DEMO_DIR)/eval-random.json
-	$(VENV)/bin/coins train --method coins --dataset synthetic-patches --epochs 10 --num-workers 0 \
+	$(VENV)/bin/coins train --method coins --dataset synthetic-patches --epochs 20 \
 		--out $(DEMO_DIR)/coins
 	$(VENV)/bin/coins eval $(DEMO_DIR)/coins/checkpoint.pt --dataset synthetic-patches --split test \
 		--json $(DEMO_DIR)/eval-coins.json
