@@ -47,7 +47,7 @@ def embed_dataset(
         num_workers=num_workers,
     )
     chunks = []
-    for images, *_ in tqdm(loader, desc="embed", disable=not progress, leave=False):
+    for images, *_ in tqdm(loader, desc="embed", disable=None if progress else True, leave=False):
         chunks.append(model.embed(images.to(device), which).float().cpu())
     model.train(was_training)
     return torch.cat(chunks).numpy()

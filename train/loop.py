@@ -226,7 +226,7 @@ def _epoch(
         _loader(data, cfg, epoch),
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         total=steps_per_epoch,
-        disable=not progress,
+        disable=None if progress else True,  # None: only on a terminal
         leave=False,
     )
     tic, sums, count = time.perf_counter(), {"loss": 0.0}, 0
