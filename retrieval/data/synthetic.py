@@ -77,6 +77,8 @@ class SyntheticPatches(RetrievalDataset):
                 f"{source}: nested=True needs num_fine to be a multiple of num_coarse, "
                 f"got num_fine={num_fine}, num_coarse={num_coarse}"
             )
+        if layout not in ("random", "anchored"):
+            raise DatasetError(f"{source}: layout {layout!r}; expected 'random' or 'anchored'")
         pool_rng = np.random.default_rng([seed, _STREAMS["pool"]])
         self.big_patches = _random_patches(pool_rng, num_coarse, big_size, cells)  # uint8 [C,B,B,3]
         self.small_patches = _random_patches(
@@ -92,8 +94,6 @@ class SyntheticPatches(RetrievalDataset):
         count = num_train if split == "train" else num_test
         rng = np.random.default_rng([seed, _STREAMS[split]])
         coarse, fine = self._sample_labels(rng, count, num_coarse, num_fine)
-        if layout not in ("random", "anchored"):
-            raise DatasetError(f"{source}: layout {layout!r}; expected 'random' or 'anchored'")
         if layout == "anchored":
             self.boxes = _anchored_boxes(rng, count, image_size, big_size, small_size, jitter)
         else:
@@ -166,10 +166,7 @@ def _place_boxes(
         if len(todo) == 0:
             break
     assert len(todo) == 0, "could not place the small patches"
-    boxes = np.empty((count, 2, 4), dtype=np.int64)
-    boxes[:, 0, :2], boxes[:, 0, 2:] = big_xy, big_xy + big
-    boxes[:, 1, :2], boxes[:, 1, 2:] = small_xy, small_xy + small
-    return boxes
+    return _boxes(big_xy, small_xy, big, small)
 
 
 def _anchored_boxes(
@@ -184,7 +181,12 @@ def _anchored_boxes(
         )
     big_xy = jitter + rng.integers(-jitter, jitter + 1, size=(count, 2))
     small_xy = image_size - small - jitter + rng.integers(-jitter, jitter + 1, size=(count, 2))
-    boxes = np.empty((count, 2, 4), dtype=np.int64)
+    return _boxes(big_xy, small_xy, big, small)
+
+
+def _boxes(big_xy: np.ndarray, small_xy: np.ndarray, big: int, small: int) -> np.ndarray:
+    """(big, small) boxes as (x0, y0, x1, y1), end exclusive, from their corners: [N,2,4]."""
+    boxes = np.empty((len(big_xy), 2, 4), dtype=np.int64)
     boxes[:, 0, :2], boxes[:, 0, 2:] = big_xy, big_xy + big
     boxes[:, 1, :2], boxes[:, 1, 2:] = small_xy, small_xy + small
     return boxes
