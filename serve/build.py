@@ -1,0 +1,220 @@
+"""Build an index directory: from vectors, from an ONNX model and a gallery, or from shards.
+
+`build_index` chooses the FAISS index (`choose_index`), trains it on a seeded sample, adds the
+vectors with their ids, tunes nprobe / efSearch against exact search (`tune`) and saves the
+directory. The two other entry points only gather ids, vectors, rows and provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .index import (
+    IndexUpdateError,
+    SearchIndex,
+    check_ids,
+    check_rows,
+    check_vectors,
+    new_faiss_index,
+)
+from .index_choice import choose_index, train_size
+from .manifest import IndexManifest, library_versions, now_utc
+from .tuning import ground_truth, tune
+
+TUNE_QUERIES = 1000  # held-out queries for tuning (a sample of the indexed vectors)
+TUNE_K = 10  # tuning targets 10-recall@10
+
+
+class IndexBuildError(ValueError):
+    """An index that cannot be built from these vectors (e.g. too few to train it)."""
+
+
+def build_index(
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    rows: list[dict[str, Any]],
+    out_dir: str | Path,
+    index_key: str = "auto",
+    model_sha256: str | None = None,
+    preprocess: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+    target_recall: float = 0.95,
+    max_memory: int | None = None,
+    classes: dict[str, list[str]] | None = None,
+    tune_queries: int = TUNE_QUERIES,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> SearchIndex:
+    """Build, tune and save an index of L2-normalised `vectors` [n, D] with int64 `ids` [n] and
+    one metadata row each. `index_key`: auto, flat, hnsw, ivf, ivfpq or a FAISS factory string.
+    `classes` numbers the class names (default: sorted names of the rows)."""
+    xb = check_vectors(vectors, None, "vectors")
+    ids = check_ids(ids, len(xb))
+    rows = check_rows(rows, ids)
+    n, d = xb.shape
+    choice = choose_index(index_key, n, d, max_memory)
+    index, key = new_faiss_index(choice.key, d)
+    rng = np.random.default_rng(seed)
+    _train(index, key, xb, rng)
+    index.add_with_ids(xb, ids)
+    params: dict[str, int] = {}
+    tuning = None
+    if n >= 2 and tune_queries > 0:
+        q = np.sort(rng.choice(n, size=min(tune_queries, n), replace=False))  # [nq]
+        gt = ground_truth(xb[q], xb, ids, min(TUNE_K, n - 1), ids[q])  # [nq, k]
+        params, tuning = tune(index, xb[q], gt, ids[q], target_recall)
+    manifest = IndexManifest(
+        dim=d,
+        index_key=key,
+        count=n,
+        files={},
+        requested_key=index_key,
+        choice_reason=choice.reason,
+        index_params=params,
+        tuning=tuning,
+        model_sha256=model_sha256,
+        preprocess=preprocess,
+        source=source or {},
+        classes=classes or class_lists(rows),
+        created=now_utc(),
+        versions=library_versions(),
+    )
+    return SearchIndex.create(index, rows, manifest, out_dir, overwrite=overwrite)
+
+
+def _train(index: faiss.Index, key: str, xb: np.ndarray, rng: np.random.Generator) -> None:
+    """Train on a seeded sample of the vectors (k-means of IVF, PQ codebooks)."""
+    if index.is_trained:
+        return
+    size = train_size(key, len(xb)) or len(xb)
+    sample = xb[np.sort(rng.choice(len(xb), size=size, replace=False))]
+    try:
+        index.train(sample)
+    except RuntimeError as e:
+        raise IndexBuildError(
+            f"cannot train {key!r} on {size:,} of {len(xb):,} vectors: {str(e).splitlines()[-1]}"
+        ) from e
+
+
+def class_lists(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Sorted class names per level, from the rows."""
+    return {
+        level: sorted({str(r[level]) for r in rows if r.get(level) is not None})
+        for level in ("coarse", "fine")
+    }
+
+
+def append_to_index(
+    index_dir: str | Path,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    rows: list[dict[str, Any]],
+    model_sha256: str | None = None,
+) -> SearchIndex:
+    """Add items to an existing index directory and save it; the model must be the same."""
+    index = SearchIndex.load(index_dir, model_sha256=model_sha256)
+    index.add(ids, vectors, rows)
+    index.save()
+    return index
+
+
+def remove_from_index(index_dir: str | Path, ids: np.ndarray) -> SearchIndex:
+    """Remove ids from an index directory and save it (refused by HNSW indexes)."""
+    index = SearchIndex.load(index_dir)
+    index.remove(ids)
+    index.save()
+    return index
+
+
+def build_index_from_embeddings(
+    dirs: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    append: bool = False,
+    **options: Any,
+) -> SearchIndex:
+    """Build (or, with `append`, extend) an index from `coins embed` shard directories."""
+    from coins.retrieval.embed import read_embedding_shards
+
+    folders = [dirs] if isinstance(dirs, str | Path) else list(dirs)
+    ids, xb, rows, info = read_embedding_shards(folders)
+    if append:
+        return append_to_index(out_dir, ids, xb, rows, model_sha256=info["model_sha256"])
+    sources = info["sources"]
+    source = {"embeddings": [str(Path(f).resolve()) for f in folders]}
+    source |= sources[0] if len(sources) == 1 else {"kind": "embeddings", "sources": sources}
+    return build_index(
+        ids,
+        xb,
+        rows,
+        out_dir,
+        model_sha256=info["model_sha256"],
+        preprocess=info["preprocess"],
+        source=source,
+        **options,
+    )
+
+
+def build_index_from_model(
+    model_path: str | Path,
+    out_dir: str | Path,
+    dataset: str | None = None,
+    split: str | None = None,
+    root: str | Path | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    images: str | Path | None = None,
+    manifest: str | Path | None = None,
+    append: bool = False,
+    batch_size: int = 64,
+    strict: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> tuple[SearchIndex, list[tuple[Path, str]]]:
+    """Embed a gallery (a data set split, a folder of images or a CSV manifest) with an ONNX
+    model and build (or extend) an index of it. Also returns the images skipped as
+    undecodable (an error instead when `strict`)."""
+    from coins.retrieval.embed import OnnxEmbedder, gallery_source
+
+    model = OnnxEmbedder(model_path, threads=threads)
+    gallery = gallery_source(dataset, split, root, dataset_options, images, manifest)
+    existing = None
+    if append:  # check before embedding: a wrong model would waste the whole pass
+        existing = SearchIndex.load(out_dir, model_sha256=model.sha256)
+    elif (Path(out_dir) / "index.json").exists() and not options.get("overwrite"):
+        raise IndexUpdateError(f"{out_dir} already holds an index; pass append, or another dir")
+    if gallery.paths is not None:
+        result, failed = model.embed_files(gallery.paths, batch_size, strict, progress)
+    else:
+        result, failed = model.embed_dataset(gallery, batch_size, progress), []
+    ids, rows = gallery.ids[result.rows], [gallery.rows[i] for i in result.rows]
+    if existing is not None:
+        existing.add(ids, result.vectors, rows)
+        existing.save()
+        return existing, failed
+    index = build_index(
+        ids,
+        result.vectors,
+        rows,
+        out_dir,
+        model_sha256=model.sha256,
+        preprocess=model.metadata.get("preprocess"),
+        source=gallery.source,
+        classes=model_classes(model.coarse_classes, rows),
+        **options,
+    )
+    return index, failed
+
+
+def model_classes(coarse: list[str] | None, rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Class numbering: the model's coarse classes in its order (then names only the rows
+    have), sorted names otherwise."""
+    classes = class_lists(rows)
+    if coarse:
+        extra = [c for c in classes["coarse"] if c not in coarse]
+        classes["coarse"] = [str(c) for c in coarse] + extra
+    return classes

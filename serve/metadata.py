@@ -1,0 +1,140 @@
+"""Metadata of the indexed items in SQLite, beside the FAISS index: id -> path, coarse, fine, extra.
+
+One table, `items(id INTEGER PRIMARY KEY, path, coarse, fine, extra)`. `coarse` and `fine` are
+text (class names, or label numbers written as text), `extra` the remaining columns of a row as
+JSON. A database file belongs to one version of the index directory and is never changed once
+that version is committed: an update copies it to the next version's name first (`copy_to`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COLUMNS = ("id", "path", "coarse", "fine")  # the columns of their own; the rest goes to `extra`
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    path TEXT,
+    coarse TEXT,
+    fine TEXT,
+    extra TEXT NOT NULL DEFAULT '{}'
+)
+"""
+_CHUNK = 900  # ids per `IN (...)` query: SQLite allows 999 host parameters by default
+
+
+class MetadataError(ValueError):
+    """Bad metadata rows, or a database that is not an index's metadata."""
+
+
+class MetadataStore:
+    """The `items` table of one SQLite file."""
+
+    def __init__(self, path: Path, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise MetadataError(f"{self.path}: metadata database not found")
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            self._db.execute(_SCHEMA)
+            self._db.execute("SELECT id, path, coarse, fine, extra FROM items LIMIT 1")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise MetadataError(f"{self.path}: not an index metadata database ({e})") from e
+
+    def close(self) -> None:
+        self._db.close()
+
+    def copy_to(self, path: Path) -> MetadataStore:
+        """A copy of this database at `path` (the next version's file), opened for writing."""
+        self._db.commit()
+        shutil.copyfile(self.path, path)
+        return MetadataStore(path)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows (each with an int `id`) in one transaction; an existing id is an error."""
+        records = [_record(row) for row in rows]
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO items (id, path, coarse, fine, extra) VALUES (?, ?, ?, ?, ?)",
+                    records,
+                )
+        except sqlite3.IntegrityError as e:
+            raise MetadataError(f"{self.path}: duplicate id in metadata rows ({e})") from e
+
+    def delete(self, ids: np.ndarray) -> int:
+        """Delete the rows of `ids`; returns how many existed."""
+        deleted = 0
+        with self._db:
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                cur = self._db.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+                deleted += cur.rowcount
+        return deleted
+
+    def get(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
+        """The row of each id, in order; None where an id has none."""
+        found: dict[int, dict[str, Any]] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id, path, coarse, fine, extra FROM items WHERE id IN ({marks})"
+            for id_, path, coarse, fine, extra in self._db.execute(query, chunk):
+                found[id_] = {"id": id_, "path": path, "coarse": coarse, "fine": fine}
+                found[id_].update(json.loads(extra))
+        return [found.get(int(i)) for i in np.asarray(ids).ravel()]
+
+    def ids_where(self, coarse: str | None = None, fine: str | None = None) -> np.ndarray:
+        """Ids (int64, ascending) whose coarse and fine labels equal the given ones."""
+        clauses, args = [], []
+        for column, value in (("coarse", coarse), ("fine", fine)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(str(value))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(f"SELECT id FROM items{where} ORDER BY id", args).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def labels(self) -> tuple[np.ndarray, list[str | None], list[str | None]]:
+        """All ids (ascending) with their coarse and fine labels, for evaluation."""
+        rows = self._db.execute("SELECT id, coarse, fine FROM items ORDER BY id").fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, [r[1] for r in rows], [r[2] for r in rows]
+
+
+def _record(row: dict[str, Any]) -> tuple[int, str | None, str | None, str | None, str]:
+    """One row as the table's columns; the columns beyond COLUMNS go to `extra` as JSON."""
+    if "id" not in row:
+        raise MetadataError(f"metadata row without an 'id': {row!r}")
+    extra = {k: v for k, v in row.items() if k not in COLUMNS}
+    try:
+        extra_json = json.dumps(extra, sort_keys=True)
+    except TypeError as e:
+        raise MetadataError(f"metadata row {row['id']}: extra columns not JSON ({e})") from e
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    return (
+        int(row["id"]),
+        text(row.get("path")),
+        text(row.get("coarse")),
+        text(row.get("fine")),
+        extra_json,
+    )
+
+
+def _chunks(ids: np.ndarray) -> list[list[int]]:
+    flat = [int(i) for i in np.asarray(ids).ravel()]
+    return [flat[s : s + _CHUNK] for s in range(0, len(flat), _CHUNK)]
