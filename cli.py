@@ -251,6 +251,174 @@ def _train_command() -> Callable[..., None]:
 app.command("train")(_train_command())
 
 
+# --- explain and report (issue 6): attention maps, attention mass, run reports ---------------
+
+FigureDataOpt = Annotated[
+    list[str] | None, typer.Option("--option", help="Data set option KEY=VALUE, repeatable.")
+]
+
+
+@app.command("explain")
+def explain_cmd(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints, one column each.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")],
+    dataset: Annotated[
+        str | None, typer.Option(help="Data set (default: the first checkpoint's).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split to draw and measure.")] = "test",
+    root: RootOpt = None,
+    option: FigureDataOpt = None,
+    stage: Annotated[int, typer.Option(help="Backbone stage; negative counts from last.")] = -1,
+    images: Annotated[int, typer.Option(help="Images, one row each.")] = 8,
+    measure: Annotated[
+        bool, typer.Option(help="Attention share in the big/small patch (synthetic-patches).")
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the measure here.")] = None,
+) -> None:
+    """Spatial attention maps of checkpoints on the same images; --measure: mass per patch."""
+    from coins.retrieval.data import DatasetError
+    from coins.retrieval.explain import explain
+
+    try:
+        result = explain(
+            checkpoints, out, dataset, split, root, _parse_options(option) if option else None,
+            stage=stage, images=images, measure_mass=measure or json_out is not None,
+            json_path=json_out,
+        )  # fmt: skip
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise _fail(e) from e
+    if result is not None:
+        typer.echo(result["table"])
+    typer.echo(f"wrote {out}" + (f" and {json_out}" if json_out else ""))
+
+
+@app.command("report")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories written by coins train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs and index.html.")],
+    dataset: Annotated[str | None, typer.Option(help="Data set (default: each run's).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split (default: each run's eval split).")
+    ] = None,
+    root: RootOpt = None,
+    option: FigureDataOpt = None,
+    queries: Annotated[int, typer.Option(help="Queries in each retrieval grid.")] = 8,
+    k: Annotated[int, typer.Option(help="Neighbours shown per query.")] = 5,
+    max_points: Annotated[int, typer.Option(help="Most points in an embedding map.")] = 2000,
+) -> None:
+    """Training curves, Recall@K bars, embedding maps and retrieval grids; OUT/index.html."""
+    from coins.retrieval.data import DatasetError
+    from coins.retrieval.report import report
+
+    try:
+        page = report(
+            runs, out, dataset, split, root, _parse_options(option) if option else None,
+            queries=queries, k=k, max_points=max_points,
+        )  # fmt: skip
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise _fail(e) from e
+    typer.echo(f"wrote {page}")
+
+
+@app.command("serve")
+def serve_cmd(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder built by `coins index`.")],
+    model: Annotated[
+        Path, typer.Option(help="ONNX model from `coins export` (same as the index's).")
+    ],
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default 8000; 0 picks a free one).")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="COINS_API_KEY", help="Enables and guards the admin routes."),
+    ] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="A `coins report` folder to link.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Search threads (default: cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads (default: cores).")
+    ] = None,
+    faiss_threads: Annotated[int | None, typer.Option(help="FAISS threads per search.")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the search API and web page; every setting can also come from COINS_* variables."""
+    from pydantic import ValidationError
+
+    from coins.serve.app import run
+    from coins.serve.settings import ServeSettings
+
+    flags = {"host": host, "port": port, "api_key": api_key, "report_dir": report_dir,
+             "workers": workers, "threads": threads, "faiss_threads": faiss_threads}  # fmt: skip
+    try:
+        settings = ServeSettings(
+            index_dir=index_dir, model=model, **{k: v for k, v in flags.items() if v is not None}
+        )
+    except ValidationError as e:
+        raise _fail(e) from e
+    for path in (settings.model, settings.index_dir, settings.report_dir):
+        if path is not None and not path.exists():
+            raise _fail(FileNotFoundError(f"{path} does not exist"))
+    run(settings, log_level=log_level)
+
+
+@app.command("query")
+def query_cmd(
+    url: Annotated[str, typer.Argument(help="Server address, e.g. http://127.0.0.1:8000.")],
+    image: Annotated[list[Path] | None, typer.Option(help="Query image file, repeatable.")] = None,
+    id_: Annotated[
+        list[int] | None, typer.Option("--id", help="Query by stored id, repeatable.")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
+    gate: Annotated[
+        str, typer.Option(help="none, or coarse: search the predicted class.")
+    ] = "none",
+    recall: Annotated[bool, typer.Option(help="Recall@1/2/4/8 through the API instead.")] = False,
+    dataset: Annotated[
+        str | None, typer.Option(help="With --recall: send this data set's images.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of --dataset.")] = "test",
+    root: RootOpt = None,
+    option: OptionsOpt = None,
+    limit: Annotated[
+        int | None, typer.Option(help="With --recall: at most this many queries.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask a running server: neighbours of images or stored ids, or Recall@K of the gallery."""
+    import json
+
+    from coins.retrieval.data import DatasetError, build_dataset
+    from coins.serve.api_eval import format_results, recall_by_ids, recall_by_images
+    from coins.serve.client import ApiError, SearchClient
+
+    if not recall and bool(image) == bool(id_):
+        raise _fail(ValueError("give --image FILE or --id N (or --recall)"))
+    try:
+        with SearchClient(url) as client:
+            if recall and dataset is not None:
+                data = build_dataset(dataset, split, root, **_parse_options(option))
+                metrics, shown = recall_by_images(client, data, limit=limit, gate=gate)
+            elif recall:
+                metrics, shown = recall_by_ids(client, limit=limit)
+            elif image:
+                metrics, shown = {}, client.search_images(image, k=k, gate=gate)
+            else:
+                metrics, shown = {}, client.search_ids(id_ or [], k=k)
+    except (ApiError, DatasetError, OSError) as e:
+        raise _fail(e) from e
+    if json_out:
+        typer.echo(json.dumps({"metrics": metrics, "results": shown}, indent=1))
+        return
+    for key, value in metrics.items():
+        typer.echo(f"{key:<10} {value:.4f}" if key != "queries" else f"queries    {int(value)}")
+    queries = [{"id": i} for i in (id_ or [])] or [{"id": str(p)} for p in (image or [])]
+    named = shown if recall else [{"query": q, **r} for q, r in zip(queries, shown, strict=True)]
+    typer.echo(format_results(named))
+
+
 def main() -> None:
     app()
 
