@@ -1,0 +1,503 @@
+"""The embedding runner: an exported ONNX model, images in, L2-normalised vectors out.
+
+The preprocessing comes only from the model's own metadata (written by `coins export`), so
+training, indexing and serving cannot disagree on it. Galleries (a data set split, a folder of
+images, a CSV manifest) are enumerated once, with stable ids and metadata rows, by
+`gallery_source`; `write_embedding_shard` and `read_embedding_shards` carry embeddings of a
+gallery split into shards between machines (`coins embed --shard I/N`, `coins index`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from PIL import Image
+from tqdm import tqdm
+
+from .. import __version__
+from .atomic import atomic_path, write_json
+from .data import DatasetError
+from .data.images import load_image
+from .data.transforms import Preprocess, eval_transform
+from .gallery import Gallery, gallery_source, metadata_rows
+
+METADATA_KEY = "coins"  # metadata_props key of the JSON written by `coins export`
+METADATA_FORMAT = "coins-onnx"
+METADATA_VERSION = 1
+INPUT = "image"  # float32 [batch, C, S, S], preprocessed
+EMBEDDING = "embedding"  # float32 [batch, D], L2-normalised
+COARSE_PROBS = "coarse_probs"  # float32 [batch, C_coarse], softmax of the coarse classifier
+FINE_PROBS = "fine_probs"  # the classifier of `opt`, trained on fine labels
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+SHARD_FORMAT = "coins-embeddings"
+SHARD_VERSION = 1
+
+_ORT_ERRORS = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidProtobuf,
+    ort_errors.NoSuchFile,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+)
+
+
+__all__ = [
+    "EmbedError",
+    "EmbedResult",
+    "Gallery",
+    "OnnxEmbedder",
+    "embed_gallery",
+    "gallery_source",
+    "metadata_rows",
+    "model_sha256",
+    "parse_shard",
+    "read_embedding_shards",
+    "shard_name",
+    "write_embedding_shard",
+]
+
+
+class ImageSource(Protocol):
+    """Anything with images by position: a RetrievalDataset, a Gallery."""
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> Image.Image: ...
+
+
+class EmbedError(ValueError):
+    """A bad model file, input or embedding shard; the message names what was expected."""
+
+
+@dataclass
+class EmbedResult:
+    """Embeddings of a batch; `rows` are the input positions the vectors belong to."""
+
+    vectors: np.ndarray  # float32 [N, D], L2-normalised
+    coarse_probs: np.ndarray | None = None  # float32 [N, C]; None without a coarse head
+    rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # int64 [N]
+    fine_probs: np.ndarray | None = None  # float32 [N, F]; only `opt` models have it
+
+    def __post_init__(self) -> None:
+        n = len(self.vectors)
+        if len(self.rows) == 0 and n:
+            self.rows = np.arange(n, dtype=np.int64)  # default: every input, in order
+        assert self.vectors.ndim == 2 and self.rows.shape == (n,), "vectors [N, D], rows [N]"
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+
+def model_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of the file's bytes: the model's identity in shards, indexes and servers."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_metadata(path: Path, session: ort.InferenceSession) -> dict[str, Any]:
+    """The coins metadata of an ONNX model, checked for the fields the runner needs."""
+    expected = f"expected an ONNX model written by coins export ({METADATA_KEY!r} metadata)"
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise EmbedError(f"{path}: no {METADATA_KEY!r} metadata; {expected}")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise EmbedError(f"{path}: {METADATA_KEY!r} metadata is not JSON ({e}); {expected}") from e
+    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
+        raise EmbedError(f"{path}: metadata format is not {METADATA_FORMAT!r}; {expected}")
+    if meta.get("version") != METADATA_VERSION:
+        raise EmbedError(
+            f"{path}: metadata version {meta.get('version')!r}, expected {METADATA_VERSION}"
+        )
+    missing = [k for k in ("preprocess", "embedding_dim", "outputs") if k not in meta]
+    if missing:
+        raise EmbedError(f"{path}: metadata lacks {missing}; {expected}")
+    return meta
+
+
+def preprocess_from_metadata(meta: dict[str, Any], path: Path) -> Preprocess:
+    """The `Preprocess` the model was trained with, from its metadata."""
+    pre = meta["preprocess"]
+    try:
+        return Preprocess(pre["input_size"], pre["in_chans"], tuple(pre["mean"]), tuple(pre["std"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise EmbedError(
+            f"{path}: bad preprocess metadata {pre!r}: expected input_size, in_chans, mean, std "
+            f"({e})"
+        ) from e
+
+
+def select_providers(requested: Sequence[str] | None) -> list[str]:
+    """CUDA when this onnxruntime has it, else CPU; requested ones must all be available."""
+    available = ort.get_available_providers()
+    if requested is None:
+        return [p for p in PREFERRED_PROVIDERS if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise EmbedError(f"providers {missing} not available; this onnxruntime has {available}")
+    return list(requested)
+
+
+class OnnxEmbedder:
+    """An exported coins model under ONNX Runtime, with the preprocessing from its metadata.
+
+    Args:
+        model_path: the .onnx file written by `coins export`.
+        threads: intra-op threads (None: onnxruntime's default, one per core).
+        providers: execution providers (None: CUDA when available, CPU otherwise).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise EmbedError(f"model {self.path} does not exist: expected a coins .onnx file")
+        self.sha256 = model_sha256(self.path)
+        self.session = _session(self.path, threads, select_providers(providers))
+        self.metadata = read_metadata(self.path, self.session)
+        self.preprocess = preprocess_from_metadata(self.metadata, self.path)
+        self.dim = int(self.metadata["embedding_dim"])
+        self.which = str(self.metadata.get("which", "backbone"))
+        head = self.metadata.get("classifier") or {}
+        level = head.get("level")
+        self.coarse_classes: list[str] | None = head["classes"] if level == "coarse" else None
+        self.fine_classes: list[str] | None = head["classes"] if level == "fine" else None
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self._check_signature()
+        self._transform = eval_transform(self.preprocess)
+
+    def _check_signature(self) -> None:
+        pre, inputs = self.preprocess, self.session.get_inputs()
+        want = [pre.in_chans, pre.input_size, pre.input_size]
+        if [i.name for i in inputs] != [INPUT] or list(inputs[0].shape[1:]) != want:
+            got = [(i.name, i.shape) for i in inputs]
+            raise EmbedError(
+                f"{self.path}: expected one input {INPUT!r} [batch, {want}], got {got}"
+            )
+        shape = self.session.get_outputs()[0].shape
+        if self._outputs[0] != EMBEDDING or shape[-1] != self.dim:
+            raise EmbedError(
+                f"{self.path}: expected first output {EMBEDDING!r} [batch, {self.dim}], "
+                f"got {self._outputs[0]!r} {shape}"
+            )
+        head = {COARSE_PROBS: self.coarse_classes, FINE_PROBS: self.fine_classes}
+        for name, classes in head.items():
+            if (classes is not None) != (name in self._outputs):
+                raise EmbedError(f"{self.path}: metadata and outputs disagree on {name!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, S, S) of one preprocessed image."""
+        pre = self.preprocess
+        return (pre.in_chans, pre.input_size, pre.input_size)
+
+    def embed_arrays(self, x: np.ndarray) -> EmbedResult:
+        """Embed preprocessed images, float32 [N, C, S, S]."""
+        want = self.input_shape
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape[1:] != want:
+            got = (type(x).__name__, getattr(x, "dtype", None), getattr(x, "shape", None))
+            raise EmbedError(f"expected float32 images [N, {', '.join(map(str, want))}], got {got}")
+        if len(x) == 0:
+            return EmbedResult(np.zeros((0, self.dim), np.float32), *self._empty_probs())
+        out = dict(zip(self._outputs, self.session.run(None, {INPUT: x}), strict=True))
+        return EmbedResult(
+            vectors=out[EMBEDDING],
+            coarse_probs=out.get(COARSE_PROBS),
+            fine_probs=out.get(FINE_PROBS),
+        )
+
+    def _empty_probs(self) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        def empty(classes: list[str] | None) -> np.ndarray | None:
+            return None if classes is None else np.zeros((0, len(classes)), np.float32)
+
+        return empty(self.coarse_classes), np.empty(0, np.int64), empty(self.fine_classes)
+
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """One image preprocessed as the model expects, float32 [C, S, S]."""
+        if not isinstance(image, Image.Image):
+            raise EmbedError(f"expected a PIL image, got {type(image).__name__}")
+        tensor = self._transform(image)
+        assert isinstance(tensor, torch.Tensor)
+        return tensor.numpy()
+
+    def embed_images(self, images: Sequence[Image.Image]) -> EmbedResult:
+        """Embed one batch of PIL images (any size and mode)."""
+        x = np.empty((len(images), *self.input_shape), np.float32)
+        for i, image in enumerate(images):
+            x[i] = self.to_array(image)
+        return self.embed_arrays(x)
+
+    def embed_dataset(
+        self, dataset: ImageSource, batch_size: int = 64, progress: bool = True
+    ) -> EmbedResult:
+        """Every item of `dataset`, in order; an unreadable image raises its DatasetError."""
+        result, _ = self._embed_loaded(dataset.image, len(dataset), batch_size, True, progress)
+        return result
+
+    def embed_files(
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int = 64,
+        strict: bool = False,
+        progress: bool = True,
+    ) -> tuple[EmbedResult, list[tuple[Path, str]]]:
+        """Embed image files; undecodable ones are skipped and returned as (path, reason),
+        or raise EmbedError when `strict`. `result.rows` are the positions of the good files."""
+        files = [Path(p) for p in paths]
+        result, failed = self._embed_loaded(
+            lambda i: load_image(files[i]), len(files), batch_size, strict, progress
+        )
+        return result, [(files[i], reason) for i, reason in failed]
+
+    def _embed_loaded(
+        self,
+        load: Callable[[int], Image.Image],
+        n: int,
+        batch_size: int,
+        strict: bool,
+        progress: bool,
+    ) -> tuple[EmbedResult, list[tuple[int, str]]]:
+        """Load, preprocess and embed items 0..n-1 in batches; failures as (position, reason)."""
+        if batch_size < 1:
+            raise EmbedError(f"expected batch_size >= 1, got {batch_size}")
+        parts, failed = [], []
+        starts = range(0, n, batch_size)
+        for start in tqdm(starts, desc="embed", disable=None if progress else True, leave=False):
+            batch, rows = [], []
+            for i in range(start, min(start + batch_size, n)):
+                try:
+                    batch.append(self.to_array(load(i)))
+                except DatasetError as e:  # an undecodable image names itself
+                    if strict:
+                        raise EmbedError(str(e)) from e
+                    failed.append((i, str(e)))
+                    continue
+                rows.append(i)
+            if batch:
+                part = self.embed_arrays(np.stack(batch))
+                part.rows = np.array(rows, dtype=np.int64)
+                parts.append(part)
+        return _concat(parts, self), failed
+
+
+def _session(path: Path, threads: int | None, providers: list[str]) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no graph-optimisation chatter
+    if threads is not None:
+        if threads < 1:
+            raise EmbedError(f"expected threads >= 1, got {threads}")
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except _ORT_ERRORS as e:
+        raise EmbedError(f"{path}: not a loadable ONNX model ({e})") from e
+
+
+def _concat(parts: list[EmbedResult], model: OnnxEmbedder) -> EmbedResult:
+    if not parts:
+        return model.embed_arrays(np.zeros((0, *model.input_shape), np.float32))
+
+    def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if arrays[0] is None else np.concatenate(arrays)  # type: ignore[arg-type]
+
+    return EmbedResult(
+        vectors=np.concatenate([p.vectors for p in parts]),
+        coarse_probs=cat([p.coarse_probs for p in parts]),
+        rows=np.concatenate([p.rows for p in parts]),
+        fine_probs=cat([p.fine_probs for p in parts]),
+    )
+
+
+# --- embedding shards: DIR/shard-IIIII-of-NNNNN.{npz,jsonl,json} ---------------------------
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"I/N"` as (I, N), with 0 <= I < N."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or not 0 <= i < n:
+        raise ValueError(f"expected a shard I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return i, n
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"shard-{index:05d}-of-{count:05d}"
+
+
+def embed_gallery(
+    model: OnnxEmbedder,
+    gallery: Gallery,
+    out_dir: str | Path,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 64,
+    strict: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Embed shard I of N of `gallery` (positions i % N == I) and write its three files;
+    returns the shard's info (also in its .json). Undecodable files are skipped and listed
+    under "skipped", or raise EmbedError when `strict`."""
+    index, count = shard
+    part = gallery.shard(index, count)
+    if part.paths is not None:
+        result, failed = model.embed_files(part.paths, batch_size, strict, progress)
+    else:
+        result, failed = model.embed_dataset(part, batch_size, progress), []
+    position = {Path(p): i for i, p in enumerate(part.paths or [])}
+    skipped = [{"id": int(part.ids[position[p]]), "path": str(p), "reason": r} for p, r in failed]
+    info = {
+        "model": str(model.path),
+        "model_sha256": model.sha256,
+        "dim": model.dim,
+        "which": model.which,
+        "preprocess": model.metadata["preprocess"],
+        "source": gallery.source,
+        "shard": {"index": index, "count": count, "scheme": "i % count == index"},
+        "skipped": skipped,
+    }
+    rows = [part.rows[i] for i in result.rows]
+    write_embedding_shard(out_dir, index, count, part.ids[result.rows], result.vectors, rows, info)
+    return info | {"count": len(result)}
+
+
+def write_embedding_shard(
+    out_dir: str | Path,
+    index: int,
+    count: int,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> Path:
+    """Write the .npz (ids, vectors), .jsonl (rows) and, last, the .json (info) of a shard,
+    each atomically; returns the .json path."""
+    n = len(ids)
+    assert ids.dtype == np.int64 and ids.shape == (n,) and vectors.shape[0] == n == len(rows)
+    assert all(r["id"] == int(i) for r, i in zip(rows, ids, strict=True)), "rows follow ids"
+    base = Path(out_dir) / shard_name(index, count)
+    with atomic_path(base.with_suffix(".npz")) as tmp, tmp.open("wb") as file:
+        np.savez(file, ids=ids, vectors=vectors.astype(np.float32))
+    with atomic_path(base.with_suffix(".jsonl")) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    meta = {"format": SHARD_FORMAT, "version": SHARD_VERSION, **info, "count": n}
+    write_json(base.with_suffix(".json"), meta | {"created": created, "coins_version": __version__})
+    return base.with_suffix(".json")
+
+
+def read_embedding_shards(
+    dirs: str | Path | Iterable[str | Path],
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], dict[str, Any]]:
+    """All shards under `dirs`: ids int64 [N], vectors float32 [N, D], metadata rows [N] and
+    their common info. All shards must come from one model (sha256, dim), every source's
+    shards 0..N-1 must all be there once, and ids must be unique."""
+    folders = [Path(dirs)] if isinstance(dirs, str | Path) else [Path(d) for d in dirs]
+    infos = [(p, _read_shard_info(p)) for d in folders for p in sorted(d.glob("shard-*.json"))]
+    if not infos:
+        raise EmbedError(f"{[str(d) for d in folders]}: no shard-*.json files of coins embed")
+    _check_same_model(infos)
+    _check_complete(infos)
+    parts = [_read_shard_arrays(p, info) for p, info in infos]
+    ids = np.concatenate([p[0] for p in parts])
+    vectors = np.concatenate([p[1] for p in parts])
+    rows = [r for p in parts for r in p[2]]
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):
+        raise EmbedError(f"shards in {folders}: ids repeat, e.g. {unique[counts > 1][:5].tolist()}")
+    first = infos[0][1]
+    sources = [info["source"] for _, info in infos]
+    info = {k: first[k] for k in ("model_sha256", "dim", "which", "preprocess")} | {
+        "sources": [s for i, s in enumerate(sources) if s not in sources[:i]],
+        "count": len(ids),
+        "shards": len(infos),
+        "skipped": [s for _, i in infos for s in i["skipped"]],
+    }
+    return ids, vectors, rows, info
+
+
+def _read_shard_info(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EmbedError(f"{path}: expected a shard info JSON file ({e})") from e
+    if not isinstance(info, dict) or info.get("format") != SHARD_FORMAT:
+        raise EmbedError(f"{path}: expected a {SHARD_FORMAT!r} shard info file of coins embed")
+    if info.get("version") != SHARD_VERSION:
+        raise EmbedError(f"{path}: shard version {info.get('version')!r}, expected {SHARD_VERSION}")
+    return info
+
+
+def _check_same_model(infos: list[tuple[Path, dict[str, Any]]]) -> None:
+    first_path, first = infos[0]
+    for path, info in infos[1:]:
+        for key in ("model_sha256", "dim"):
+            if info[key] != first[key]:
+                raise EmbedError(
+                    f"shards disagree on {key}: {first_path} has {first[key]!r}, "
+                    f"{path} has {info[key]!r}; expected shards of one model"
+                )
+
+
+def _check_complete(infos: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Each source's shards must be 0..N-1, each exactly once."""
+    groups: dict[str, list[int]] = {}
+    for _, info in infos:
+        key = json.dumps([info["source"], info["shard"]["count"]], sort_keys=True)
+        groups.setdefault(key, []).append(info["shard"]["index"])
+    for key, found in groups.items():
+        source, count = json.loads(key)
+        if sorted(found) != list(range(count)):
+            missing = sorted(set(range(count)) - set(found))
+            repeated = sorted({i for i in found if found.count(i) > 1})
+            raise EmbedError(
+                f"shards of {source}: expected each of 0..{count - 1} once; "
+                f"missing {missing}, repeated {repeated}"
+            )
+
+
+def _read_shard_arrays(
+    path: Path, info: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    base = path.with_suffix("")
+    try:
+        with np.load(base.with_suffix(".npz")) as arrays:
+            ids, vectors = arrays["ids"], arrays["vectors"]
+        lines = base.with_suffix(".jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:  # missing, truncated, bad JSON
+        raise EmbedError(
+            f"{base}.npz/.jsonl: expected the shard's ids, vectors and rows ({e})"
+        ) from e
+    n, dim = info["count"], info["dim"]
+    if ids.dtype != np.int64 or ids.shape != (n,) or vectors.shape != (n, dim):
+        raise EmbedError(
+            f"{base}.npz: expected ids int64 [{n}] and vectors [{n}, {dim}], "
+            f"got {ids.dtype} {ids.shape} and {vectors.shape}"
+        )
+    if len(rows) != n or any(r.get("id") != int(i) for r, i in zip(rows, ids, strict=False)):
+        raise EmbedError(f"{base}.jsonl: expected {n} rows with the ids of the .npz, in order")
+    return ids, vectors.astype(np.float32, copy=False), rows
