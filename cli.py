@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 import yaml
 
 app = typer.Typer(
@@ -84,13 +85,25 @@ def eval_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of a random init.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics here.")] = None,
+    index: Annotated[
+        Path | None, typer.Option(help="Index directory: its gallery, embedded by --model.")
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="ONNX model of --index.")] = None,
 ) -> None:
-    """Recall@1/2/4/8, MAP@R and kNN accuracy on fine and coarse labels."""
+    """Recall@1/2/4/8, MAP@R and kNN accuracy on fine and coarse labels (of a checkpoint on a
+    data set split, or with --index and --model through the ONNX model and FAISS index)."""
     from coins.retrieval.data import DatasetError
     from coins.retrieval.evaluate import evaluate_model_on, format_table
     from coins.retrieval.models import EmbedderConfig
 
+    if (index is None) != (model is None) or (index is not None and checkpoint is not None):
+        raise _fail(ValueError("--index and --model go together, without a checkpoint"))
     try:
+        if index is not None and model is not None:
+            from coins.serve.index_eval import evaluate_index
+
+            typer.echo(format_table(evaluate_index(index, model, json_path=json_out)))
+            return
         config = None
         if model_config is not None:
             config = EmbedderConfig.from_dict(yaml.safe_load(model_config.read_text()))
@@ -511,6 +524,143 @@ def embed_cmd(
         f"shard {index}/{count}: {info['count']} of {len(gallery)} items embedded "
         f"({len(info['skipped'])} skipped), dim {info['dim']} -> {out / shard_name(index, count)}"
     )
+
+
+# --- index and search (issue 4): FAISS index directories, `coins search` -------------------
+
+
+class _IndexGroup(typer.core.TyperGroup):
+    """`coins index MODEL.onnx ...` builds; `coins index remove DIR --ids ...` removes: any
+    first argument that is not a sub-command name goes to `build`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
+
+
+GalleryOptionOpt = Annotated[
+    list[str] | None, typer.Option("--option", help="Data set option KEY=VALUE, repeatable.")
+]
+index_app = typer.Typer(
+    cls=_IndexGroup,
+    no_args_is_help=True,
+    help="Build a FAISS index of a gallery (coins index MODEL ...), or remove items from one.",
+)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build_cmd(
+    model: Annotated[
+        Path | None, typer.Argument(help="ONNX model (not with --from-embeddings).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory.")] = Path("index"),
+    dataset: Annotated[str | None, typer.Option(help="Data set name.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split (needed if several).")] = None,
+    root: RootOpt = None,
+    option: GalleryOptionOpt = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of images.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="CSV manifest (path,coarse,...).")] = None,
+    from_embeddings: Annotated[
+        list[Path] | None, typer.Option(help="Shard folder of coins embed, repeatable.")
+    ] = None,
+    index_type: Annotated[
+        str, typer.Option("--type", help="auto, flat, hnsw, ivf, ivfpq or a FAISS factory string.")
+    ] = "auto",
+    target_recall: Annotated[float, typer.Option(help="10-recall@10 to tune to.")] = 0.95,
+    max_memory_gb: Annotated[
+        float | None, typer.Option(help="Index memory budget of auto.")
+    ] = None,
+    append: Annotated[bool, typer.Option(help="Add to the index in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the index in --out.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call.")] = 64,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads.")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on an undecodable image.")] = False,
+) -> None:
+    """Embed a gallery with MODEL (or read shards) and build, tune and save an index."""
+    from coins.retrieval.data import DatasetError
+    from coins.serve.build import build_index_from_embeddings, build_index_from_model
+
+    options: dict[str, Any] = {"append": append}
+    if not append:
+        memory = None if max_memory_gb is None else int(max_memory_gb * 2**30)
+        options |= {"index_key": index_type, "target_recall": target_recall}
+        options |= {"max_memory": memory, "overwrite": overwrite}
+    failed: list[tuple[Path, str]] = []
+    try:
+        if (model is None) == (not from_embeddings):
+            raise ValueError("give MODEL (with a gallery) or --from-embeddings DIR, not both")
+        if from_embeddings:
+            index = build_index_from_embeddings(from_embeddings, out, **options)
+        else:
+            assert model is not None
+            index, failed = build_index_from_model(
+                model, out, dataset, split, root, _parse_options(option), images, manifest,
+                batch_size=batch_size, strict=strict, threads=threads, **options,
+            )  # fmt: skip
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise _fail(e) from e
+    for path, reason in failed:
+        typer.secho(f"skipped {path}: {reason}", err=True)
+    m = index.manifest
+    typer.echo(
+        f"{out}: {m.count:,} vectors of dimension {m.dim}, {m.index_key} ({m.choice_reason})"
+    )
+    if m.tuning is not None:
+        t, params = m.tuning, ", ".join(f"{k}={v}" for k, v in m.index_params.items())
+        typer.echo(
+            f"{params or 'exact'}: {t.k}-recall@{t.k} {t.recall:.4f} on {t.queries} held-out "
+            f"queries, p50 {t.p50_ms:.3f} ms, p99 {t.p99_ms:.3f} ms"
+        )
+        if not t.reached:
+            typer.secho(f"warning: target recall {t.target_recall} not reached", err=True)
+
+
+@index_app.command("remove")
+def index_remove_cmd(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
+    ids: Annotated[list[str], typer.Option("--ids", help="Ids, comma-separated, repeatable.")],
+) -> None:
+    """Remove items by id (flat and IVF indexes; HNSW graphs cannot remove)."""
+    import numpy as np
+
+    from coins.serve.build import remove_from_index
+
+    try:
+        wanted = [int(i) for part in ids for i in part.split(",") if i.strip()]
+        index = remove_from_index(index_dir, np.array(wanted, dtype=np.int64))
+    except ValueError as e:
+        raise _fail(e) from e
+    typer.echo(f"{index_dir}: removed {len(wanted)}, {index.ntotal:,} left")
+
+
+@app.command("search")
+def search_cmd(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory of coins index.")],
+    image: Annotated[Path | None, typer.Option(help="Query image (needs --model).")] = None,
+    id_: Annotated[int | None, typer.Option("--id", help="Query by stored id.")] = None,
+    vector_file: Annotated[Path | None, typer.Option(help=".npy query vector(s).")] = None,
+    k: Annotated[int, typer.Option("-k", help="Neighbours per query.")] = 10,
+    model: Annotated[Path | None, typer.Option(help="ONNX model of the index.")] = None,
+    coarse: Annotated[str | None, typer.Option(help="Only items of this coarse class.")] = None,
+    fine: Annotated[str | None, typer.Option(help="Only items of this fine class.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Nearest neighbours in an index, with scores and metadata; --id never returns itself."""
+    import json
+
+    from coins.retrieval.data import DatasetError
+    from coins.serve.query import format_neighbours, neighbours_json, search_index
+
+    try:
+        results = search_index(index_dir, k, image, id_, vector_file, model, coarse, fine)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise _fail(e) from e
+    if json_out:
+        typer.echo(json.dumps(neighbours_json(results), indent=1))
+    else:
+        typer.echo(format_neighbours(results))
 
 
 def main() -> None:

@@ -76,11 +76,6 @@ class SearchIndex:
         metadata counts, dimension and, when given, the hash of the model that made it."""
         index_dir = Path(index_dir)
         manifest = IndexManifest.load(index_dir)
-        if model_sha256 is not None and manifest.model_sha256 != model_sha256:
-            raise IndexLoadError(
-                f"{index_dir}: built from model sha256 {manifest.model_sha256}, not the given "
-                f"model's {model_sha256}; embed with the same model or rebuild the index"
-            )
         paths = {role: _checked_file(index_dir, role, manifest, verify) for role in manifest.files}
         if set(paths) != {"index", "metadata"}:
             raise IndexLoadError(
@@ -100,7 +95,10 @@ class SearchIndex:
                 f"{index.ntotal} vectors; expected one row per vector"
             )
         set_knob(index, manifest.index_params)
-        return cls(index, store, manifest, index_dir)
+        out = cls(index, store, manifest, index_dir)
+        if model_sha256 is not None:
+            out.check_model(model_sha256, manifest.dim)
+        return out
 
     @classmethod
     def create(
@@ -128,6 +126,19 @@ class SearchIndex:
         out._dirty = True
         out.save()
         return out
+
+    def check_model(self, sha256: str, dim: int) -> None:
+        """Raise IndexLoadError unless the vectors came from this model (dimension, hash)."""
+        if dim != self.dim:
+            raise IndexLoadError(
+                f"{self.index_dir}: the model gives {dim}-d vectors but the index holds "
+                f"{self.dim}-d vectors; use the model the index was built with"
+            )
+        if sha256 != self.manifest.model_sha256:
+            raise IndexLoadError(
+                f"{self.index_dir}: built from model sha256 {self.manifest.model_sha256}, not "
+                f"the given model's {sha256}; embed with the same model or rebuild the index"
+            )
 
     # ---- reading ----------------------------------------------------------------------
 
