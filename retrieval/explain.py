@@ -144,8 +144,11 @@ def measure(models: Sequence[Explained], data: RetrievalDataset, stage: int) -> 
     return rows
 
 
-def summarise(rows: Sequence[MassRow]) -> dict[str, dict[str, Any]]:
-    """Per method: checkpoints n, stage(s), and mean and sample std of each patch's share."""
+def summarise(
+    rows: Sequence[MassRow], area: dict[str, float] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per method: checkpoints n, stage(s), mean and sample std of each patch's share and,
+    given the patches' area shares, the lift: share / area (1 = a uniform map)."""
     out: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r.method for r in rows):
         group = [r for r in rows if r.method == method]
@@ -154,6 +157,8 @@ def summarise(rows: Sequence[MassRow]) -> dict[str, dict[str, Any]]:
             values = [getattr(r, patch) for r in group]
             summary[f"{patch}_mean"] = statistics.fmean(values)
             summary[f"{patch}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            if area is not None:
+                summary[f"{patch}_lift"] = summary[f"{patch}_mean"] / area[patch]
         out[method] = summary
     return out
 
@@ -163,20 +168,23 @@ def _stages(rows: Sequence[MassRow]) -> str:
 
 
 def format_mass_table(rows: Sequence[MassRow], area: dict[str, float]) -> str:
-    """Per checkpoint, then per method (mean ± std), the share in percent; area for reference."""
+    """Per checkpoint, then per method (mean ± std), the share in percent and its lift over
+    the patch's area share; the area shares last, for reference."""
     lines = [f"{'checkpoint':<44} {'method':<10} {'stage':<8} {'big %':>7} {'small %':>8}"]
     for r in rows:
         name = r.checkpoint if len(r.checkpoint) <= 44 else "..." + r.checkpoint[-41:]
         lines.append(
             f"{name:<44} {r.method:<10} {r.stage:<8} {100 * r.big:>7.1f} {100 * r.small:>8.1f}"
         )
-    lines += ["", f"{'method':<10} {'n':>2} {'stage':<8} {'big %':>13} {'small %':>13}"]
-    for method, s in summarise(rows).items():
+    head = ["method", "n", "stage", "big %", "small %", "big / area", "small / area"]
+    lines += ["", "{:<10} {:>2} {:<8} {:>13} {:>13} {:>11} {:>13}".format(*head)]
+    for method, s in summarise(rows, area).items():
         big = f"{100 * s['big_mean']:.1f} ± {100 * s['big_std']:.1f}"
         small = f"{100 * s['small_mean']:.1f} ± {100 * s['small_std']:.1f}"
-        lines.append(f"{method:<10} {s['n']:>2} {s['stage']:<8} {big:>13} {small:>13}")
+        lifts = f"{s['big_lift']:>11.2f} {s['small_lift']:>13.2f}"
+        lines.append(f"{method:<10} {s['n']:>2} {s['stage']:<8} {big:>13} {small:>13} {lifts}")
     big, small = f"{100 * area['big']:.1f}", f"{100 * area['small']:.1f}"
-    lines.append(f"{'(area)':<10} {'':>2} {'':<8} {big:>13} {small:>13}")
+    lines.append(f"{'(area)':<10} {'':>2} {'':<8} {big:>13} {small:>13} {1:>11.2f} {1:>13.2f}")
     return "\n".join(lines)
 
 
@@ -205,15 +213,15 @@ def explain(
     save_png(draw(models, data, stage, min(images, len(data))), out)
     if not measure_mass:
         return None
-    rows = measure(models, data, stage)
+    rows, area = measure(models, data, stage), patch_area(data)
     result = {
         "dataset": data.name,
         "split": data.split,
         "stage": stage,
-        "area": patch_area(data),
+        "area": area,
         "checkpoints": [dataclasses.asdict(r) for r in rows],
-        "methods": summarise(rows),
-        "table": format_mass_table(rows, patch_area(data)),
+        "methods": summarise(rows, area),
+        "table": format_mass_table(rows, area),
     }
     if json_path is not None:
         write_json(json_path, result)

@@ -166,9 +166,10 @@ def test_summarise_groups_rows_by_method() -> None:
     from coins.retrieval.explain import MassRow
 
     rows = [MassRow("a", "cos", 0, "layer4", 0.5, 0.1), MassRow("b", "cos", 1, "layer4", 0.7, 0.3)]
-    s = summarise(rows)["cos"]
+    s = summarise(rows, {"big": 0.2, "small": 0.05})["cos"]
     assert s["n"] == 2 and s["big_mean"] == pytest.approx(0.6)
     assert s["small_std"] == pytest.approx(math.sqrt(0.02))
+    assert s["big_lift"] == pytest.approx(3.0) and s["small_lift"] == pytest.approx(4.0)
 
 
 def test_explain_cli_writes_the_table_and_json(tmp_path) -> None:

@@ -145,3 +145,17 @@ def test_the_grid_figure_has_one_framed_axes_per_tile() -> None:
 
 def test_a_tile_knows_its_colour() -> None:
     assert Tile(0, 1, 5, "miss").colour == "tab:red"
+
+
+def test_curves_fall_back_to_steps_unless_every_log_has_epochs() -> None:
+    from coins.retrieval.figures import training_curves
+
+    steps = [{"event": "step", "epoch": 1, "step": s, "loss": 3.0 - s} for s in range(3)]
+    epochs = [{"event": "epoch", "epoch": 1, "step": 3, "loss": 1.5}]
+    evals = [{"event": "eval", "epoch": 1, "fine": {"recall@1": 0.5}}]
+    both = training_curves({"a": steps + epochs + evals, "b": steps + epochs})
+    assert both.axes[0].get_xlabel() == "epoch"
+    assert len(both.axes[1].lines) == 1  # only run a was evaluated
+    mixed = training_curves({"a": steps + epochs, "b": steps})
+    assert mixed.axes[0].get_xlabel() == "step"
+    assert [len(line.get_xdata()) for line in mixed.axes[0].lines] == [3, 3]
