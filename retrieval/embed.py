@@ -252,7 +252,7 @@ class OnnxEmbedder:
     def embed_dataset(
         self, dataset: ImageSource, batch_size: int = 64, progress: bool = True
     ) -> EmbedResult:
-        """Every item of `dataset`, in order; an unreadable image raises its DatasetError."""
+        """Every item of `dataset`, in order; an unreadable image raises EmbedError."""
         result, _ = self._embed_loaded(dataset.image, len(dataset), batch_size, True, progress)
         return result
 
@@ -367,8 +367,11 @@ def embed_gallery(
         result, failed = model.embed_files(part.paths, batch_size, strict, progress)
     else:
         result, failed = model.embed_dataset(part, batch_size, progress), []
-    position = {Path(p): i for i, p in enumerate(part.paths or [])}
-    skipped = [{"id": int(part.ids[position[p]]), "path": str(p), "reason": r} for p, r in failed]
+    failed_rows = np.setdiff1d(np.arange(len(part)), result.rows)  # ascending, as `failed`
+    skipped = [
+        {"id": int(part.ids[i]), "path": str(p), "reason": reason}
+        for i, (p, reason) in zip(failed_rows, failed, strict=True)
+    ]
     info = {
         "model": str(model.path),
         "model_sha256": model.sha256,

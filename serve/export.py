@@ -19,7 +19,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -42,6 +42,9 @@ from ..retrieval.embed import (
     model_sha256,
 )
 from ..retrieval.models import Embedder, Which
+
+if TYPE_CHECKING:
+    from .quantize import QuantizeReport
 
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # the torch.export-based exporter's lowest
@@ -77,7 +80,7 @@ class ExportReport:
     outputs: dict[str, list[int | str]]  # name -> shape, "batch" symbolic
     max_abs_diff: float  # over every output and checked batch size
     min_cosine: float  # of the embedding rows
-    quantization: Any = None  # a QuantizeReport with --quantize
+    quantization: QuantizeReport | None = None  # with --quantize
 
 
 class ExportedEmbedder(nn.Module):
