@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +41,12 @@ def test_bank_update_moves_entries_towards_keys_and_stays_normalised() -> None:
     proxies.update(torch.tensor([2]), key)
     assert (proxies.bank[2] @ key[0]).item() > before
     torch.testing.assert_close(proxies.bank.norm(dim=1), torch.ones(6))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_recluster_with_buffers_on_the_gpu() -> None:
+    # k-means runs on the CPU; a GPU run of coinsp once failed here on mixed devices
+    proxies = InstanceProxies(np.repeat(np.arange(2), 10), dim=8, P=4, per_coarse=True).cuda()
+    proxies.recluster(seed=0)
+    assert proxies.pseudo.is_cuda and (proxies.pseudo >= 0).all()

@@ -77,6 +77,8 @@ class InstanceProxies(nn.Module):
         for c, k in self.split.items():
             rows = np.arange(len(bank)) if c == -1 else np.flatnonzero(self.coarse == c)
             centroids, assign = kmeans(np.ascontiguousarray(bank[rows]), k, seed + offset)
-            self.proxies[offset : offset + k] = torch.from_numpy(centroids)
-            self.pseudo[torch.from_numpy(rows)] = torch.from_numpy(assign + offset)
+            # k-means runs on the CPU; the buffers may live on the GPU
+            self.proxies[offset : offset + k] = torch.from_numpy(centroids).to(self.proxies)
+            rows_t = torch.from_numpy(rows).to(self.pseudo.device)
+            self.pseudo[rows_t] = torch.from_numpy(assign + offset).to(self.pseudo)
             offset += k
