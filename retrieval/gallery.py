@@ -94,18 +94,9 @@ def gallery_source(
         source = {"kind": "dataset", "dataset": dataset, "split": split, "root": _str(root)}
         return from_dataset(data, source | {"options": options or {}})
     if images is not None:
-        folder = Path(images).resolve()
-        if not any(p.is_dir() and not p.name.startswith(".") for p in _entries(folder)):
-            return _flat_folder(folder)
-        split = _one_split("folder", split, folder)
-        source = {"kind": "images", "root": str(folder), "split": split}
-        return from_dataset(build_dataset("folder", split, folder), source)
+        return _images_gallery(Path(images).resolve(), split)
     assert manifest is not None
-    path = Path(manifest).resolve()
-    split = _one_split("csv", split, path)
-    data = build_dataset("csv", split, path)
-    source = {"kind": "manifest", "path": str(path), "split": split}
-    return from_dataset(data, source, _manifest_extras(path, split, len(data)))
+    return _manifest_gallery(Path(manifest).resolve(), split)
 
 
 def from_dataset(
@@ -140,6 +131,22 @@ def metadata_rows(
         }
         rows.append(row | (extras[i] if extras else {}))
     return rows
+
+
+def _images_gallery(folder: Path, split: str | None) -> Gallery:
+    """The `folder` data set where there are subfolders, else the image files themselves."""
+    if not any(p.is_dir() and not p.name.startswith(".") for p in _entries(folder)):
+        return _flat_folder(folder)
+    split = _one_split("folder", split, folder)
+    source = {"kind": "images", "root": str(folder), "split": split}
+    return from_dataset(build_dataset("folder", split, folder), source)
+
+
+def _manifest_gallery(path: Path, split: str | None) -> Gallery:
+    split = _one_split("csv", split, path)
+    data = build_dataset("csv", split, path)
+    source = {"kind": "manifest", "path": str(path), "split": split}
+    return from_dataset(data, source, _manifest_extras(path, split, len(data)))
 
 
 def _one_split(name: str, split: str | None, root: str | Path | None) -> str:

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,15 @@ class QuantizeReport:
 
     fine_r1_fp32: float
     fine_r1_int8: float
-    drop: float  # points: fp32 - int8
     max_drop: float
-    kept: bool
     calibration: dict[str, Any]  # dataset, split, images
     evaluation: dict[str, Any]  # dataset, split, images
+    drop: float = field(init=False)  # points: fp32 - int8
+    kept: bool = field(init=False)  # drop <= max_drop
+
+    def __post_init__(self) -> None:
+        self.drop = self.fine_r1_fp32 - self.fine_r1_int8
+        self.kept = self.drop <= self.max_drop
 
     def summary(self) -> str:
         verdict = "kept" if self.kept else "rejected"
@@ -118,25 +122,21 @@ def quantize_int8(
     model = OnnxEmbedder(fp32, providers=["CPUExecutionProvider"])
     calib = build_dataset(dataset, calibration_split, root, **(options or {}))
     test = build_dataset(dataset, eval_split, root, **(options or {}))
-    rng = np.random.default_rng(seed)
-    indices = rng.permutation(len(calib))[:calibration_images]
+    indices = np.random.default_rng(seed).permutation(len(calib))[:calibration_images]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
         int8 = Path(work) / "int8.onnx"
         _quantize(model.path, int8, ImageCalibration(model, calib, indices, 32), Path(work))
         set_metadata(int8, model.metadata)  # the quantizer does not keep metadata_props
-        r1_fp32 = fine_recall_at_1(model, test, progress=progress)
-        r1_int8 = fine_recall_at_1(
-            OnnxEmbedder(int8, providers=model.session.get_providers()), test, progress=progress
+        r1_fp32, r1_int8 = (
+            fine_recall_at_1(m, test, progress=progress)
+            for m in (model, OnnxEmbedder(int8, providers=model.session.get_providers()))
         )
-        drop = r1_fp32 - r1_int8
         report = QuantizeReport(
-            fine_r1_fp32=r1_fp32,
-            fine_r1_int8=r1_int8,
-            drop=drop,
-            max_drop=max_drop,
-            kept=drop <= max_drop,
+            r1_fp32,
+            r1_int8,
+            max_drop,
             calibration={"dataset": dataset, "split": calibration_split, "images": len(indices)},
             evaluation={"dataset": dataset, "split": eval_split, "images": len(test)},
         )
