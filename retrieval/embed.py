@@ -58,8 +58,10 @@ __all__ = [
     "EmbedError",
     "EmbedResult",
     "Gallery",
+    "GalleryEmbedding",
     "OnnxEmbedder",
     "embed_gallery",
+    "embed_items",
     "gallery_source",
     "metadata_rows",
     "model_sha256",
@@ -349,6 +351,38 @@ def shard_name(index: int, count: int) -> str:
     return f"shard-{index:05d}-of-{count:05d}"
 
 
+@dataclass
+class GalleryEmbedding:
+    """A gallery's embeddings: the good items' ids, vectors and rows, and what was skipped."""
+
+    ids: np.ndarray  # int64 [n]
+    vectors: np.ndarray  # float32 [n, D], L2-normalised
+    rows: list[dict[str, Any]]  # [n] metadata rows, in the order of ids
+    skipped: list[dict[str, Any]]  # {"id", "path", "reason"} of each undecodable file
+
+
+def embed_items(
+    model: OnnxEmbedder,
+    gallery: Gallery,
+    batch_size: int = 64,
+    strict: bool = False,
+    progress: bool = True,
+) -> GalleryEmbedding:
+    """Embed every item of `gallery`; undecodable files are skipped and listed, or raise
+    EmbedError when `strict`."""
+    if gallery.paths is not None:
+        result, failed = model.embed_files(gallery.paths, batch_size, strict, progress)
+    else:
+        result, failed = model.embed_dataset(gallery, batch_size, progress), []
+    failed_rows = np.setdiff1d(np.arange(len(gallery)), result.rows)  # ascending, as `failed`
+    skipped = [
+        {"id": int(gallery.ids[i]), "path": str(p), "reason": reason}
+        for i, (p, reason) in zip(failed_rows, failed, strict=True)
+    ]
+    rows = [gallery.rows[i] for i in result.rows]
+    return GalleryEmbedding(gallery.ids[result.rows], result.vectors, rows, skipped)
+
+
 def embed_gallery(
     model: OnnxEmbedder,
     gallery: Gallery,
@@ -359,19 +393,9 @@ def embed_gallery(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Embed shard I of N of `gallery` (positions i % N == I) and write its three files;
-    returns the shard's info (also in its .json). Undecodable files are skipped and listed
-    under "skipped", or raise EmbedError when `strict`."""
+    returns the shard's info (also in its .json), "skipped" listing undecodable files."""
     index, count = shard
-    part = gallery.shard(index, count)
-    if part.paths is not None:
-        result, failed = model.embed_files(part.paths, batch_size, strict, progress)
-    else:
-        result, failed = model.embed_dataset(part, batch_size, progress), []
-    failed_rows = np.setdiff1d(np.arange(len(part)), result.rows)  # ascending, as `failed`
-    skipped = [
-        {"id": int(part.ids[i]), "path": str(p), "reason": reason}
-        for i, (p, reason) in zip(failed_rows, failed, strict=True)
-    ]
+    done = embed_items(model, gallery.shard(index, count), batch_size, strict, progress)
     info = {
         "model": str(model.path),
         "model_sha256": model.sha256,
@@ -380,11 +404,10 @@ def embed_gallery(
         "preprocess": model.metadata["preprocess"],
         "source": gallery.source,
         "shard": {"index": index, "count": count, "scheme": "i % count == index"},
-        "skipped": skipped,
+        "skipped": done.skipped,
     }
-    rows = [part.rows[i] for i in result.rows]
-    write_embedding_shard(out_dir, index, count, part.ids[result.rows], result.vectors, rows, info)
-    return info | {"count": len(result)}
+    write_embedding_shard(out_dir, index, count, done.ids, done.vectors, done.rows, info)
+    return info | {"count": len(done.ids)}
 
 
 def write_embedding_shard(

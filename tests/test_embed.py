@@ -18,6 +18,7 @@ from coins.retrieval.embed import (
     EmbedError,
     OnnxEmbedder,
     embed_gallery,
+    embed_items,
     gallery_source,
     model_sha256,
     parse_shard,
@@ -127,6 +128,16 @@ def test_gallery_of_a_class_folder_has_paths_and_class_names(tmp_path) -> None:
     ]  # fmt: skip
     assert gallery.rows[0]["path"] == str((tmp_path / "bags/3.png").resolve())
     np.testing.assert_array_equal(gallery.ids, [0, 1, 2])
+
+
+def test_embed_items_keeps_rows_with_their_ids_and_lists_the_skipped(runner, tmp_path) -> None:
+    write_images(tmp_path, ["shoes/1.png", "shoes/2.png", "bags/3.png"])
+    (tmp_path / "shoes/0.png").write_bytes(b"broken")
+    gallery = gallery_source(images=tmp_path)
+    done = embed_items(runner, gallery, progress=False)
+    np.testing.assert_array_equal(done.ids, [0, 2, 3])  # bags/3, shoes/1, shoes/2
+    assert [r["id"] for r in done.rows] == [0, 2, 3] and done.vectors.shape == (3, 32)
+    assert [(s["id"], Path(s["path"]).name) for s in done.skipped] == [(1, "0.png")]
 
 
 def test_gallery_of_a_flat_folder_is_unlabelled(tmp_path) -> None:
