@@ -179,13 +179,18 @@ def format_mass_table(rows: Sequence[MassRow], area: dict[str, float]) -> str:
     head = ["method", "n", "stage", "big %", "small %", "big / area", "small / area"]
     lines += ["", "{:<10} {:>2} {:<8} {:>13} {:>13} {:>11} {:>13}".format(*head)]
     for method, s in summarise(rows, area).items():
-        big = f"{100 * s['big_mean']:.1f} ± {100 * s['big_std']:.1f}"
-        small = f"{100 * s['small_mean']:.1f} ± {100 * s['small_std']:.1f}"
+        big, small = (_percent(s, patch) for patch in PATCHES)
         lifts = f"{s['big_lift']:>11.2f} {s['small_lift']:>13.2f}"
         lines.append(f"{method:<10} {s['n']:>2} {s['stage']:<8} {big:>13} {small:>13} {lifts}")
     big, small = f"{100 * area['big']:.1f}", f"{100 * area['small']:.1f}"
     lines.append(f"{'(area)':<10} {'':>2} {'':<8} {big:>13} {small:>13} {1:>11.2f} {1:>13.2f}")
     return "\n".join(lines)
+
+
+def _percent(summary: dict[str, Any], patch: str) -> str:
+    """The mean share in percent, ± the std where there is more than one checkpoint."""
+    mean = f"{100 * summary[f'{patch}_mean']:.1f}"
+    return mean if summary["n"] == 1 else f"{mean} ± {100 * summary[f'{patch}_std']:.1f}"
 
 
 def explain(
