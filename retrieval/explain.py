@@ -28,6 +28,7 @@ from .attention import (
     patch_area,
     patch_boxes,
     patch_mass,
+    square_image_size,
     stage_name,
 )
 from .checkpoint import load_checkpoint, load_embedder
@@ -214,7 +215,8 @@ def explain(
     models = [load_explained(c) for c in checkpoints]
     data = explain_dataset(models[0], dataset, split, root, options)
     if measure_mass:
-        patch_boxes(data)  # fail before the slow part when the data set keeps no boxes
+        patch_boxes(data)  # fail before the slow part: no boxes, or boxes in non-square images
+        square_image_size(data)
     save_png(draw(models, data, stage, min(images, len(data))), out)
     if not measure_mass:
         return None
