@@ -4,8 +4,8 @@ Data: L2-normalised 128-d vectors around n / 100 random centres (Gaussian noise 
 before normalising), so the nearest neighbours of a query are few and ANN search is meaningful.
 Queries are held out: drawn from the same centres, not in the index. Each (size, kind) runs
 in its own process, so its peak RSS is its own: `build` is the whole `build_index` (choice,
-training, adding, tuning to 0.95 10-recall@10 on 1,000 indexed vectors held out from their own
-results, saving), `peak over data` the RSS high-water mark during it minus the RSS with the data
+training, adding, tuning to 0.95 10-recall@10 on 1,000 of the vectors held out until tuned,
+saving), `peak over data` the RSS high-water mark during it minus the RSS with the data
 alone. Recall and latency are measured after loading the saved index: batch = all queries in
 one call on every thread (ms per query), p50/p99 = one query per call on one thread.
 
