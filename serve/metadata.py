@@ -44,7 +44,8 @@ class MetadataStore:
             raise MetadataError(f"{self.path}: metadata database not found")
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         try:
-            self._db.execute(_SCHEMA)
+            if create:  # a committed file is never changed, not even by CREATE IF NOT EXISTS
+                self._db.execute(_SCHEMA)
             self._db.execute("SELECT id, path, coarse, fine, extra FROM items LIMIT 1")
         except sqlite3.DatabaseError as e:
             self._db.close()

@@ -235,3 +235,11 @@ def _rehash(path) -> None:
     for role, record in manifest.files.items():
         manifest.files[role] = type(record).of(path / record.name)
     manifest.save(path)
+
+
+def test_a_metadata_file_that_is_not_sqlite_is_a_clear_error(flat) -> None:
+    path, *_ = flat
+    (path / IndexManifest.load(path).files["metadata"].name).write_bytes(b"x" * 4096)
+    _rehash(path)
+    with pytest.raises(IndexLoadError, match="not an index metadata database"):
+        SearchIndex.load(path)
