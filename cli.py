@@ -363,12 +363,13 @@ def serve_cmd(
     from coins.serve.app import run
     from coins.serve.settings import ServeSettings
 
-    flags = {"host": host, "port": port, "api_key": api_key, "report_dir": report_dir,
-             "workers": workers, "threads": threads, "faiss_threads": faiss_threads}  # fmt: skip
+    flags: dict[str, Any] = {
+        "host": host, "port": port, "api_key": api_key, "report_dir": report_dir,
+        "workers": workers, "threads": threads, "faiss_threads": faiss_threads,
+    }  # fmt: skip
     try:
-        settings = ServeSettings(
-            index_dir=index_dir, model=model, **{k: v for k, v in flags.items() if v is not None}
-        )
+        given = {k: v for k, v in flags.items() if v is not None}
+        settings = ServeSettings.model_validate({"index_dir": index_dir, "model": model, **given})
     except ValidationError as e:
         raise _fail(e) from e
     for path in (settings.model, settings.index_dir, settings.report_dir):
@@ -399,9 +400,12 @@ def query_cmd(
         int | None, typer.Option(help="With --recall: at most this many queries.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the server to be ready.")] = 0,
 ) -> None:
     """Ask a running server: neighbours of images or stored ids, or Recall@K of the gallery."""
     import json
+
+    import httpx
 
     from coins.retrieval.data import DatasetError, build_dataset
     from coins.serve.api_eval import format_results, recall_by_ids, recall_by_images
@@ -411,6 +415,8 @@ def query_cmd(
         raise _fail(ValueError("give --image FILE or --id N (or --recall)"))
     try:
         with SearchClient(url) as client:
+            if wait > 0:
+                client.wait_ready(wait)
             if recall and dataset is not None:
                 data = build_dataset(dataset, split, root, **_parse_options(option))
                 metrics, shown = recall_by_images(client, data, limit=limit, gate=gate)
@@ -420,14 +426,16 @@ def query_cmd(
                 metrics, shown = {}, client.search_images(image, k=k, gate=gate)
             else:
                 metrics, shown = {}, client.search_ids(id_ or [], k=k)
-    except (ApiError, DatasetError, OSError) as e:
+    except (ApiError, DatasetError, OSError, TimeoutError, httpx.HTTPError) as e:
         raise _fail(e) from e
     if json_out:
         typer.echo(json.dumps({"metrics": metrics, "results": shown}, indent=1))
         return
     for key, value in metrics.items():
         typer.echo(f"{key:<10} {value:.4f}" if key != "queries" else f"queries    {int(value)}")
-    queries = [{"id": i} for i in (id_ or [])] or [{"id": str(p)} for p in (image or [])]
+    queries: list[dict[str, Any]] = [{"id": i} for i in id_ or []] or [
+        {"id": str(p)} for p in image or []
+    ]
     named = shown if recall else [{"query": q, **r} for q, r in zip(queries, shown, strict=True)]
     typer.echo(format_results(named))
 

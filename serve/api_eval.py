@@ -89,6 +89,7 @@ def recall_by_images(
     batch: int = 32,
     limit: int | None = None,
     gate: str = "none",
+    gate_top: int = 1,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Recall@K of `dataset`'s images sent as PNG files; an image that is itself indexed (same
     id) is dropped from its own results, so an indexed split gives leave-one-out recall."""
@@ -99,7 +100,7 @@ def recall_by_images(
     shown: list[dict[str, Any]] = []
     for part in _batches(list(range(n)), batch):
         images = [png_bytes(dataset.image(i)) for i in part]
-        results = client.search_images(images, k=max(ks) + 1, gate=gate)
+        results = client.search_images(images, k=max(ks) + 1, gate=gate, gate_top=gate_top)
         for i, result in zip(part, results, strict=True):
             label = None if labels is None or labels[i] < 0 or names is None else names[labels[i]]
             if label is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,6 +11,7 @@ MAX_K = 1000  # the hard ceiling; a server may set a lower one (ServeSettings.ma
 MAX_BATCH = 100_000  # schema ceiling on vectors/ids; the server's own limit is lower
 
 Vector = list[float]
+ItemId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # FAISS ids are int64
 # a class name as stored in the index, or a number: the class's position in the index's list
 Label = str | int
 
@@ -31,7 +32,7 @@ class Filter(BaseModel):
 
     coarse: list[Label] | None = Field(default=None, description="Coarse labels to keep.")
     fine: list[Label] | None = Field(default=None, description="Fine labels to keep.")
-    ids: list[int] | None = Field(default=None, description="Item ids to keep.")
+    ids: list[ItemId] | None = Field(default=None, description="Item ids to keep.")
 
 
 class SearchRequest(BaseModel):
@@ -40,7 +41,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vectors: list[Vector] | None = Field(default=None, max_length=MAX_BATCH)
-    ids: list[int] | None = Field(default=None, max_length=MAX_BATCH)
+    ids: list[ItemId] | None = Field(default=None, max_length=MAX_BATCH)
     k: int = Field(default=10, ge=1, le=MAX_K)
     filter: Filter | None = None
     with_metadata: bool = True
@@ -105,7 +106,7 @@ class EmbedResponse(BaseModel):
 class NewItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: int
+    id: ItemId
     vector: Vector | None = Field(default=None, description="Omit when images are uploaded.")
     path: str | None = None
     coarse: Label | None = None
@@ -128,7 +129,7 @@ class AddItemsRequest(BaseModel):
 class DeleteItemsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] = Field(min_length=1, max_length=MAX_BATCH)
+    ids: list[ItemId] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class ItemsChanged(BaseModel):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,13 +123,21 @@ def colour_image(i: int, size: int = 12) -> Image.Image:
     return Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 256, 3)))
 
 
-def fake_gallery(n: int = 30, embedder: FakeEmbedder | None = None) -> FakeIndex:
+def fake_gallery(
+    n: int = 30, embedder: FakeEmbedder | None = None, image_dir: Path | None = None
+) -> FakeIndex:
+    """Items 100..100+n-1 of solid colours; with `image_dir`, their images are files there."""
     embedder = embedder or FakeEmbedder()
     images = [colour_image(i) for i in range(n)]
     xb = embedder.embed_images(images).vectors
     ids = np.arange(100, 100 + n, dtype=np.int64)
+    paths: list[str | None] = [None] * n
+    if image_dir is not None:
+        for j, img in enumerate(images):
+            img.save(image_dir / f"{j}.png")
+            paths[j] = str(image_dir / f"{j}.png")
     rows = [
-        {"id": int(i), "path": None, "coarse": COARSE[j % 3], "fine": str(j % 6), "colour": j}
+        {"id": int(i), "path": paths[j], "coarse": COARSE[j % 3], "fine": str(j % 6), "colour": j}
         for j, i in enumerate(ids)
     ]
     return FakeIndex(ids, xb, rows)
@@ -137,9 +146,9 @@ def fake_gallery(n: int = 30, embedder: FakeEmbedder | None = None) -> FakeIndex
 class FakeArtifacts:
     """The Artifacts of create_app, giving the fakes (a reload gives `next_index` if set)."""
 
-    def __init__(self, coarse: bool = True, n: int = 30) -> None:
+    def __init__(self, coarse: bool = True, n: int = 30, image_dir: Path | None = None) -> None:
         self.embedder = FakeEmbedder(coarse)
-        self.index = fake_gallery(n, self.embedder)
+        self.index = fake_gallery(n, self.embedder, image_dir)
         self.next_index: FakeIndex | Exception | None = None
 
     def load_model(self, settings: ServeSettings) -> FakeEmbedder:

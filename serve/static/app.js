@@ -64,7 +64,7 @@ async function searchByImage(event) {
   const file = $("image").files[0];
   if (!file) return;
   const fine = $("query-fine").value;
-  queryFine = fine === "" ? null : Number(fine);
+  queryFine = fine.trim() === "" ? null : fine.trim();
   const preview = document.createElement("img");
   preview.src = URL.createObjectURL(file);
   $("query").replaceChildren(preview);
