@@ -28,6 +28,7 @@ from .tuning import ground_truth, tune
 
 TUNE_QUERIES = 1000  # held-out queries for tuning (a sample of the vectors, added after)
 TUNE_K = 10  # tuning targets 10-recall@10
+ADD_BLOCK = 65536  # vectors per add_with_ids call
 
 
 class IndexBuildError(ValueError):
@@ -102,10 +103,13 @@ def _add_and_tune(
         return {}, None
     held_out = np.zeros(n, dtype=bool)
     held_out[rng.choice(n, size=nq, replace=False)] = True
-    index.add_with_ids(xb[~held_out], ids[~held_out])
-    gt = ground_truth(xb[held_out], xb[~held_out], ids[~held_out], min(TUNE_K, n - nq), None)
-    params, tuning = tune(index, xb[held_out], gt, None, target_recall)
-    index.add_with_ids(xb[held_out], ids[held_out])
+    for start in range(0, n, ADD_BLOCK):  # in blocks: no copy of all of xb
+        block = slice(start, start + ADD_BLOCK)
+        index.add_with_ids(xb[block][~held_out[block]], ids[block][~held_out[block]])
+    xq = xb[held_out]  # [nq, D]
+    gt = ground_truth(xq, xb, ids, min(TUNE_K, n - nq), keep=~held_out)
+    params, tuning = tune(index, xq, gt, None, target_recall)
+    index.add_with_ids(xq, ids[held_out])
     return params, tuning
 
 

@@ -243,3 +243,14 @@ def test_a_metadata_file_that_is_not_sqlite_is_a_clear_error(flat) -> None:
     _rehash(path)
     with pytest.raises(IndexLoadError, match="not an index metadata database"):
         SearchIndex.load(path)
+
+
+def test_ground_truth_in_blocks_equals_brute_force_on_the_kept_rows(monkeypatch) -> None:
+    from coins.serve import tuning
+
+    monkeypatch.setattr(tuning, "GT_BLOCK", 7)  # many blocks, some with few kept rows
+    ids, xb, _ = gallery(n=100)
+    xq = clustered(5, seed=4)[0]
+    keep = np.arange(100) % 3 != 0
+    _, I_ref = brute_force(xq, xb[keep], ids[keep], 6)
+    assert np.array_equal(tuning.ground_truth(xq, xb, ids, 6, keep=keep), I_ref)
