@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo demo-query test lint typecheck pytest clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -22,15 +22,31 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -e '.[test]'
 	touch $@
 
-# The longest pipeline that exists so far: data -> train -> eval, on the built-in synthetic set.
+# The whole product on the built-in synthetic set: train a short coins run, export it to ONNX,
+# index the test split, serve it on a free loopback port, query it over HTTP (Recall@K by id and
+# by image, a few results), and stop the server whatever happens (trap).
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/coins data show synthetic-patches
-	$(VENV)/bin/coins eval --dataset synthetic-patches --split test --json $(DEMO_DIR)/eval-random.json
 	$(VENV)/bin/coins train --method coins --dataset synthetic-patches --epochs 20 \
 		--out $(DEMO_DIR)/coins
-	$(VENV)/bin/coins eval $(DEMO_DIR)/coins/checkpoint.pt --dataset synthetic-patches --split test \
-		--json $(DEMO_DIR)/eval-coins.json
+	$(VENV)/bin/coins export $(DEMO_DIR)/coins/checkpoint.pt -o $(DEMO_DIR)/model.onnx
+	$(VENV)/bin/coins index build $(DEMO_DIR)/model.onnx --dataset synthetic-patches --split test \
+		-o $(DEMO_DIR)/index
+	$(MAKE) --no-print-directory demo-query
+
+# Serve $(DEMO_DIR)/index (built by `make demo`) and query it over HTTP.
+demo-query: $(VENV)/.installed
+	@port=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	url=http://127.0.0.1:$$port; \
+	$(VENV)/bin/coins serve $(DEMO_DIR)/index --model $(DEMO_DIR)/model.onnx --port $$port \
+		--log-level warning & pid=$$!; \
+	trap 'status=$$?; kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true; echo "server stopped"; exit $$status' EXIT; \
+	echo "serving $(DEMO_DIR)/index on $$url (pid $$pid)"; \
+	set -e; \
+	$(VENV)/bin/coins query $$url --recall --wait 120; \
+	echo "Recall@K through the API with the test images sent as PNG files, gated by coarse class:"; \
+	$(VENV)/bin/coins query $$url --recall --dataset synthetic-patches --split test --gate coarse
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -108,21 +108,23 @@ def recall_by_images(
             others = [nb for nb in result["neighbors"] if nb["id"] != int(dataset.ids[i])]
             hits.append(_hits(label, others[: max(ks)], ks, level))
             if len(shown) < 3:
-                shown.append({"query": {"id": int(dataset.ids[i]), level: label}, **result})
+                coarse = dataset.coarse_classes[int(dataset.coarse_labels[i])]
+                query = {"id": int(dataset.ids[i]), "coarse": coarse, level: label}
+                shown.append({"query": query, **result, "neighbors": others})
     return _recall(hits, ks) | {"queries": float(len(hits))}, shown
 
 
 def format_results(shown: list[dict[str, Any]], top: int = 5) -> str:
-    """A few queries and their first neighbours, one line each."""
+    """A few queries and their first neighbours, one line each; * where the fine label matches."""
     lines = []
     for result in shown:
         q = result["query"]
         lines.append(f"query id {q.get('id')} (coarse {q.get('coarse')}, fine {q.get('fine')}):")
-        for nb in result["neighbors"][:top]:
+        for rank, nb in enumerate(result["neighbors"][:top], start=1):
             meta = nb.get("metadata") or {}
             mark = "*" if q.get("fine") is not None and meta.get("fine") == q.get("fine") else " "
             lines.append(
-                f"  {mark} #{nb['rank'] + 1} id {nb['id']:>8} score {nb['score']:.4f} "
+                f"  {mark} #{rank} id {nb['id']:>8} score {nb['score']:.4f} "
                 f"coarse {meta.get('coarse')} fine {meta.get('fine')}"
             )
     return "\n".join(lines)
