@@ -191,7 +191,9 @@ def gate_effect(url: str, dataset: str, split: str, limit: int) -> list[dict[str
 def print_table(rows: list[dict[str, Any]], keys: list[str]) -> None:
     print(" | ".join(keys))
     for row in rows:
-        cells = [f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        cells = [
+            f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys
+        ]
         print(" | ".join(cells))
 
 

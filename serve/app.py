@@ -13,15 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from coins import __version__
 
 from . import routes_admin, routes_items, routes_ops, routes_search
-from .errors import install_error_handlers
+from .errors import add_body_schemas, install_error_handlers
 from .loading import Artifacts, OnnxArtifacts, load_all
 from .observability import Metrics, RequestMetrics
 from .settings import ServeSettings
@@ -61,10 +63,21 @@ def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> F
     for module in (routes_ops, routes_search, routes_items, routes_admin):
         app.include_router(module.router)
     _mount_page(app, settings)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(
         RequestMetrics, metrics=app.state.metrics, max_body=settings.max_request_bytes
     )
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the bodies that routes parse themselves (`json_body_schema`)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        app.openapi_schema = add_body_schemas(schema)
+    return app.openapi_schema
 
 
 def _mount_page(app: FastAPI, settings: ServeSettings) -> None:

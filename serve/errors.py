@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("coins.serve")
+M = TypeVar("M", bound=BaseModel)
+BODY_MODELS: list[type[BaseModel]] = []  # bodies read by routes themselves, for the OpenAPI
 
 
 class ApiError(Exception):
@@ -19,6 +23,33 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def parse_json_body(model: type[M], raw: bytes) -> M:
+    """`raw` as `model`, parsed by pydantic's JSON parser; errors as FastAPI's own (422)."""
+    try:
+        return model.model_validate_json(raw or b"null")
+    except ValidationError as err:
+        errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in err.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of a route that reads its JSON body itself: the body is `model`
+    (its schema is added to the components by `add_body_schemas`)."""
+    BODY_MODELS.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def add_body_schemas(schema: dict[str, Any]) -> dict[str, Any]:
+    """Put the schemas of the JSON bodies routes read themselves into an OpenAPI document."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in BODY_MODELS:
+        own = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(own.pop("$defs", {}))
+        components[model.__name__] = own
+    return schema
 
 
 def error_response(status: int, message: str, **extra: object) -> JSONResponse:

@@ -9,10 +9,11 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from .deps import MetricsDep, ReadyDep, SettingsDep, in_pool, loaded
-from .errors import ApiError
+from .errors import ApiError, json_body_schema, parse_json_body
 from .observability import Metrics
 from .schemas import MAX_K, EmbedResponse, Filter, QueryResult, SearchRequest, SearchResponse
 from .search import allowed_ids, coarse_guesses, gated_search, knn, normalise, stored_vectors
@@ -31,26 +32,36 @@ def _check_k(k: int, settings: ServeSettings) -> None:
         raise ApiError(422, f"k={k} is more than this server's limit of {settings.max_k}")
 
 
-@router.post("/search", response_model=SearchResponse)
+@router.post(
+    "/search", response_model=SearchResponse, openapi_extra=json_body_schema(SearchRequest)
+)
 async def search(
-    body: SearchRequest,
-    request: Request,
-    state: ReadyDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-) -> SearchResponse:
-    """Nearest neighbours of query vectors, or of stored items by id (never the item itself)."""
+    request: Request, state: ReadyDep, settings: SettingsDep, metrics: MetricsDep
+) -> Response:
+    """Nearest neighbours of query vectors, or of stored items by id (never the item itself).
+
+    The body is parsed and the answer serialised in the search pool, by pydantic's own JSON
+    code: a batch of vectors is thousands of floats, too slow for the event loop's thread."""
     start = time.perf_counter()
+    raw = await request.body()
+    payload = await in_pool(request, _search_json, state, metrics, settings, raw, start)
+    return Response(payload, media_type="application/json")
+
+
+def _search_json(
+    state: ServiceState, metrics: Metrics, settings: ServeSettings, raw: bytes, start: float
+) -> bytes:
+    body = parse_json_body(SearchRequest, raw)
     _check_k(body.k, settings)
     n = len(body.vectors or body.ids or ())
     if n > settings.max_vectors:
         raise ApiError(
             413, f"{n} queries is more than this server's limit of {settings.max_vectors}"
         )
-    found = await in_pool(request, _search_body, state, metrics, body)
-    kind = "vector" if body.vectors is not None else "id"
-    metrics.queries.labels(kind).inc(n)
-    return SearchResponse(results=found, took_ms=1000 * (time.perf_counter() - start))
+    found = _search_body(state, metrics, body)
+    metrics.queries.labels("vector" if body.vectors is not None else "id").inc(n)
+    took_ms = 1000 * (time.perf_counter() - start)
+    return SearchResponse(results=found, took_ms=took_ms).model_dump_json().encode()
 
 
 def _search_body(state: ServiceState, metrics: Metrics, body: SearchRequest) -> list[QueryResult]:
