@@ -264,6 +264,95 @@ def _train_command() -> Callable[..., None]:
 app.command("train")(_train_command())
 
 
+# --- export and embed (issue 4): ONNX models and embedding shards ---------------------------
+
+DataOptionOpt = Annotated[
+    list[str] | None, typer.Option("--option", help="Data set option KEY=VALUE, repeatable.")
+]
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by coins train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
+    which: Annotated[str, typer.Option(help="backbone or head embedding.")] = "backbone",
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 18).")] = 20,
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: static QDQ, kept only if fine R@1 holds.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Data set for int8 calibration (default: the run's).")
+    ] = None,
+    root: RootOpt = None,
+    option: DataOptionOpt = None,
+    calibration_images: Annotated[int, typer.Option(help="Training images for int8.")] = 256,
+    max_drop: Annotated[float, typer.Option(help="Allowed fine R@1 drop, points.")] = 1.0,
+) -> None:
+    """Export a checkpoint to ONNX and check it against PyTorch; optionally quantize to int8."""
+    from coins.retrieval.data import DatasetError
+    from coins.serve.export import ExportError, export_checkpoint
+    from coins.serve.quantize import export_int8
+
+    if quantize not in (None, "int8"):
+        raise typer.BadParameter(f"expected int8, got {quantize!r}", param_hint="--quantize")
+    try:
+        if quantize is None:
+            report = export_checkpoint(checkpoint, out, which, opset)  # type: ignore[arg-type]
+        else:
+            options = _parse_options(option) if option else None
+            report = export_int8(
+                checkpoint, out, which, opset, dataset, root, options,  # type: ignore[arg-type]
+                calibration_images=calibration_images, max_drop=max_drop,
+            )  # fmt: skip
+    except (DatasetError, ExportError, FileNotFoundError, ValueError) as e:
+        raise _fail(e) from e
+    shapes = ", ".join(f"{name} {shape}" for name, shape in report.outputs.items())
+    typer.echo(f"wrote {report.path} (sha256 {report.sha256}): {shapes}")
+    typer.echo(
+        f"check: ONNX Runtime vs PyTorch max abs diff {report.max_abs_diff:.2e}, "
+        f"min cosine {report.min_cosine:.6f}"
+    )
+    if report.quantization is not None:
+        typer.echo(report.quantization.summary())
+
+
+@app.command("embed")
+def embed_cmd(
+    model: Annotated[Path, typer.Argument(help="ONNX model written by coins export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the shard files.")],
+    dataset: Annotated[str | None, typer.Option(help="Data set name.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split (needed if several).")] = None,
+    root: RootOpt = None,
+    option: DataOptionOpt = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of images.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="CSV manifest (path,coarse,...).")] = None,
+    shard: Annotated[str, typer.Option(help="I/N: items i with i % N == I.")] = "0/1",
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call.")] = 64,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads.")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on an undecodable image.")] = False,
+) -> None:
+    """Embed one shard of a gallery: OUT/shard-IIIII-of-NNNNN.{npz,jsonl,json}."""
+    from coins.retrieval.data import DatasetError
+    from coins.retrieval.embed import OnnxEmbedder, gallery_source
+    from coins.retrieval.shards import embed_gallery, parse_shard, shard_name
+
+    try:
+        index, count = parse_shard(shard)
+        gallery = gallery_source(
+            dataset, split, root, _parse_options(option), images=images, manifest=manifest
+        )
+        embedder = OnnxEmbedder(model, threads=threads)
+        info = embed_gallery(embedder, gallery, out, (index, count), batch_size, strict)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        raise _fail(e) from e
+    for skipped in info["skipped"]:
+        typer.secho(f"skipped {skipped['path']}: {skipped['reason']}", err=True)
+    typer.echo(
+        f"shard {index}/{count}: {info['count']} of {len(gallery)} items embedded "
+        f"({len(info['skipped'])} skipped), dim {info['dim']} -> {out / shard_name(index, count)}"
+    )
+
+
 # --- explain and report (issue 6): attention maps, attention mass, run reports ---------------
 
 FigureDataOpt = Annotated[
@@ -438,100 +527,6 @@ def query_cmd(
     ]
     named = shown if recall else [{"query": q, **r} for q, r in zip(queries, shown, strict=True)]
     typer.echo(format_results(named))
-
-
-# --- export and embed (issue 4): ONNX models and embedding shards ---------------------------
-
-DataOptionOpt = Annotated[
-    list[str] | None, typer.Option("--option", help="Data set option KEY=VALUE, repeatable.")
-]
-
-
-@app.command("export")
-def export_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by coins train.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
-    which: Annotated[str, typer.Option(help="backbone or head embedding.")] = "backbone",
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 18).")] = 20,
-    quantize: Annotated[
-        str | None, typer.Option(help="int8: static QDQ, kept only if fine R@1 holds.")
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Data set for int8 calibration (default: the run's).")
-    ] = None,
-    root: RootOpt = None,
-    option: DataOptionOpt = None,
-    calibration_images: Annotated[int, typer.Option(help="Training images for int8.")] = 256,
-    max_drop: Annotated[float, typer.Option(help="Allowed fine R@1 drop, points.")] = 1.0,
-) -> None:
-    """Export a checkpoint to ONNX and check it against PyTorch; optionally quantize to int8."""
-    from coins.retrieval.data import DatasetError
-    from coins.serve.export import ExportError, export_checkpoint
-    from coins.serve.quantize import export_int8
-
-    if quantize not in (None, "int8"):
-        raise typer.BadParameter(f"expected int8, got {quantize!r}", param_hint="--quantize")
-    try:
-        if quantize is None:
-            report = export_checkpoint(checkpoint, out, which, opset)  # type: ignore[arg-type]
-        else:
-            options = _parse_options(option) if option else None
-            report = export_int8(
-                checkpoint, out, which, opset, dataset, root, options,  # type: ignore[arg-type]
-                calibration_images=calibration_images, max_drop=max_drop,
-            )  # fmt: skip
-    except (DatasetError, ExportError, FileNotFoundError, ValueError) as e:
-        raise _fail(e) from e
-    shapes = ", ".join(f"{name} {shape}" for name, shape in report.outputs.items())
-    typer.echo(f"wrote {report.path} (sha256 {report.sha256}): {shapes}")
-    typer.echo(
-        f"check: ONNX Runtime vs PyTorch max abs diff {report.max_abs_diff:.2e}, "
-        f"min cosine {report.min_cosine:.6f}"
-    )
-    if report.quantization is not None:
-        typer.echo(report.quantization.summary())
-
-
-@app.command("embed")
-def embed_cmd(
-    model: Annotated[Path, typer.Argument(help="ONNX model written by coins export.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the shard files.")],
-    dataset: Annotated[str | None, typer.Option(help="Data set name.")] = None,
-    split: Annotated[str | None, typer.Option(help="Split (needed if several).")] = None,
-    root: RootOpt = None,
-    option: DataOptionOpt = None,
-    images: Annotated[Path | None, typer.Option(help="Folder of images.")] = None,
-    manifest: Annotated[Path | None, typer.Option(help="CSV manifest (path,coarse,...).")] = None,
-    shard: Annotated[str, typer.Option(help="I/N: items i with i % N == I.")] = "0/1",
-    batch_size: Annotated[int, typer.Option(help="Images per ONNX Runtime call.")] = 64,
-    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads.")] = None,
-    strict: Annotated[bool, typer.Option(help="Fail on an undecodable image.")] = False,
-) -> None:
-    """Embed one shard of a gallery: OUT/shard-IIIII-of-NNNNN.{npz,jsonl,json}."""
-    from coins.retrieval.data import DatasetError
-    from coins.retrieval.embed import (
-        OnnxEmbedder,
-        embed_gallery,
-        gallery_source,
-        parse_shard,
-        shard_name,
-    )
-
-    try:
-        index, count = parse_shard(shard)
-        gallery = gallery_source(
-            dataset, split, root, _parse_options(option), images=images, manifest=manifest
-        )
-        embedder = OnnxEmbedder(model, threads=threads)
-        info = embed_gallery(embedder, gallery, out, (index, count), batch_size, strict)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
-        raise _fail(e) from e
-    for skipped in info["skipped"]:
-        typer.secho(f"skipped {skipped['path']}: {skipped['reason']}", err=True)
-    typer.echo(
-        f"shard {index}/{count}: {info['count']} of {len(gallery)} items embedded "
-        f"({len(info['skipped'])} skipped), dim {info['dim']} -> {out / shard_name(index, count)}"
-    )
 
 
 # --- index and search (issue 4): FAISS index directories, `coins search` -------------------

@@ -164,7 +164,7 @@ def build_index_from_embeddings(
     **options: Any,
 ) -> SearchIndex:
     """Build (or, with `append`, extend) an index from `coins embed` shard directories."""
-    from coins.retrieval.embed import read_embedding_shards
+    from coins.retrieval.shards import read_embedding_shards
 
     folders = [dirs] if isinstance(dirs, str | Path) else list(dirs)
     ids, xb, rows, info = read_embedding_shards(folders)
