@@ -24,7 +24,7 @@ from coins import __version__
 
 from . import routes_admin, routes_items, routes_ops, routes_search
 from .errors import add_body_schemas, install_error_handlers
-from .loading import Artifacts, OnnxArtifacts, load_all
+from .loading import Artifacts, OnnxArtifacts, load_all, set_faiss_threads
 from .observability import Metrics, RequestMetrics
 from .settings import ServeSettings
 from .state import ServiceState
@@ -36,7 +36,12 @@ STATIC = Path(str(resources.files("coins.serve") / "static"))
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """A search pool of `workers` threads, and the model and index loaded in the background."""
     settings: ServeSettings = app.state.settings
-    app.state.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="coins-search")
+    app.state.pool = ThreadPoolExecutor(
+        settings.workers,
+        thread_name_prefix="coins-search",
+        initializer=set_faiss_threads,
+        initargs=(settings.faiss_threads,),
+    )
     loading = asyncio.create_task(asyncio.to_thread(load_all, app))
     try:
         yield
