@@ -81,7 +81,8 @@ async def add_items(
     if any(it.vector is None for it in body.items):
         raise ApiError(422, "every item needs a `vector` here; upload images to /v1/items/images")
     try:
-        xb = np.asarray([it.vector for it in body.items], dtype=np.float32)
+        with np.errstate(over="ignore"):  # overflow gives inf, refused by normalise
+            xb = np.asarray([it.vector for it in body.items], dtype=np.float32)
     except ValueError as err:
         raise ApiError(422, f"item vectors must all have dimension {index.dim}") from err
     xb = normalise(xb, index.dim)

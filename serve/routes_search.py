@@ -72,7 +72,8 @@ def _search_body(state: ServiceState, metrics: Metrics, body: SearchRequest) -> 
         xq = stored_vectors(state, body.ids)
     else:
         try:
-            xq = np.asarray(body.vectors, dtype=np.float32)
+            with np.errstate(over="ignore"):  # overflow gives inf, refused by normalise
+                xq = np.asarray(body.vectors, dtype=np.float32)
         except ValueError as err:  # ragged rows
             raise ApiError(422, f"query vectors must all have dimension {index.dim}") from err
     xq = normalise(xq, index.dim)
