@@ -424,9 +424,12 @@ def report_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    index_dir: Annotated[Path, typer.Argument(help="Index folder built by `coins index`.")],
+    index_dir: Annotated[
+        Path, typer.Argument(envvar="COINS_INDEX_DIR", help="Index folder built by `coins index`.")
+    ],
     model: Annotated[
-        Path, typer.Option(help="ONNX model from `coins export` (same as the index's).")
+        Path,
+        typer.Option(envvar="COINS_MODEL", help="ONNX model from `coins export` (the index's)."),
     ],
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[
