@@ -41,7 +41,7 @@ demo-query: $(VENV)/.installed
 	url=http://127.0.0.1:$$port; \
 	$(VENV)/bin/coins serve $(DEMO_DIR)/index --model $(DEMO_DIR)/model.onnx --port $$port \
 		--log-level warning & pid=$$!; \
-	trap 'status=$$?; kill $$pid 2>/dev/null; wait $$pid 2>/dev/null || true; echo "server stopped"; exit $$status' EXIT; \
+	trap 'status=$$?; kill $$pid 2>/dev/null || true; wait $$pid 2>/dev/null || true; echo "server stopped"; exit $$status' EXIT; \
 	echo "serving $(DEMO_DIR)/index on $$url (pid $$pid)"; \
 	set -e; \
 	$(VENV)/bin/coins query $$url --recall --wait 120; \
