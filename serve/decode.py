@@ -11,7 +11,7 @@ import warnings
 
 from PIL import Image, ImageOps
 
-from coins.retrieval.data.images import _standard_mode as standard_mode
+from coins.retrieval.data.images import standard_mode
 
 from .errors import ApiError
 

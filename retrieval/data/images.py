@@ -29,14 +29,14 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             upright = ImageOps.exif_transpose(img)
-            return _standard_mode(upright)
+            return standard_mode(upright)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(
             f"{path}: expected a readable image (JPEG/PNG/BMP/WebP/GIF): {err}"
         ) from err
 
 
-def _standard_mode(img: Image.Image) -> Image.Image:
+def standard_mode(img: Image.Image) -> Image.Image:
     """Reduce any PIL mode to "RGB" or "L"; alpha is dropped, 16-bit greys keep their top byte."""
     if img.mode in ("RGB", "L"):
         return img
