@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from coins.serve.background import start_server, stop_server
 
 
 @dataclass
@@ -210,18 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     url = args.url
     if url is None:
-        from serve_real import Built, start_server
-
-        built = Built(model=args.model, index_dir=args.index_dir)
         extra = ["--workers", str(args.workers)] if args.workers else []
-        proc, url = start_server(built, *extra, timeout=600)
+        proc, url = start_server(args.index_dir, args.model, *extra, timeout=600)
         print(f"started coins serve on {url}")
     try:
         return run_all(args, url)
     finally:
         if proc is not None:
-            from serve_real import stop_server
-
             stop_server(proc)
 
 

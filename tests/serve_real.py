@@ -3,17 +3,13 @@ set, exported to ONNX and indexed (flat) on its test split; built once per test 
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from train_fixtures import TINY_DATA, tiny_config
 
+from coins.serve import background
 from coins.serve.settings import ServeSettings
 
 
@@ -48,38 +44,12 @@ def build_real(root: Path) -> Built:
     return _BUILT["tiny"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(built: Built, *args: str, timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """`coins serve` in a subprocess on a free loopback port, once /readyz answers 200."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "coins.cli", "serve", str(built.index_dir),
-           "--model", str(built.model), "--port", str(port), "--workers", "2", "--threads", "1",
-           "--log-level", "warning", *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"coins serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise TimeoutError(f"coins serve not ready on {url} after {timeout} s")
+    """The real server on `built`, 2 search workers and 1 FAISS thread unless ARGS say more."""
+    return background.start_server(
+        built.index_dir, built.model, "--workers", "2", "--threads", "1", *args, timeout=timeout
+    )
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop_server = background.stop_server
+free_port = background.free_port
