@@ -205,6 +205,7 @@ def build_index_from_model(
     model and build (or extend) an index of it. Also returns the images skipped as
     undecodable (an error instead when `strict`)."""
     from coins.retrieval.embed import OnnxEmbedder, gallery_source
+    from coins.retrieval.shards import embed_items
 
     model = OnnxEmbedder(model_path, threads=threads)
     gallery = gallery_source(dataset, split, root, dataset_options, images, manifest)
@@ -213,18 +214,16 @@ def build_index_from_model(
         existing = SearchIndex.load(out_dir, model_sha256=model.sha256)
     elif (Path(out_dir) / "index.json").exists() and not options.get("overwrite"):
         raise IndexUpdateError(f"{out_dir} already holds an index; pass append, or another dir")
-    if gallery.paths is not None:
-        result, failed = model.embed_files(gallery.paths, batch_size, strict, progress)
-    else:
-        result, failed = model.embed_dataset(gallery, batch_size, progress), []
-    ids, rows = gallery.ids[result.rows], [gallery.rows[i] for i in result.rows]
+    done = embed_items(model, gallery, batch_size, strict, progress)
+    ids, rows = done.ids, done.rows
+    failed = [(Path(s["path"]), s["reason"]) for s in done.skipped]
     if existing is not None:
-        existing.add(ids, result.vectors, rows)
+        existing.add(ids, done.vectors, rows)
         existing.save()
         return existing, failed
     index = build_index(
         ids,
-        result.vectors,
+        done.vectors,
         rows,
         out_dir,
         model_sha256=model.sha256,

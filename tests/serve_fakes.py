@@ -5,6 +5,7 @@ must not depend on a trained model: an exact numpy search is the reference."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,3 +161,15 @@ class FakeArtifacts:
         if self.next_index is not None:
             self.index = self.next_index
         return self.index
+
+
+def wait_readyz(client: Any, timeout: float = 10, loaded_only: bool = False) -> Any:
+    """Poll /readyz until it answers 200 (with `loaded_only`, until loading has ended, also in
+    failure); return its last answer. Fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get("/readyz")
+        if (r.json()["status"] != "loading") if loaded_only else r.status_code == 200:
+            return r
+        assert time.monotonic() < deadline, r.json()
+        time.sleep(0.02)

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_fakes import COARSE, DIM, FakeArtifacts, colour_image, fake_gallery
+from serve_fakes import COARSE, DIM, FakeArtifacts, colour_image, fake_gallery, wait_readyz
 
 from coins.serve.app import create_app
 from coins.serve.settings import ServeSettings
@@ -34,10 +33,7 @@ def settings(tmp_path, **overrides) -> ServeSettings:
 
 
 def wait_ready(client: TestClient, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").json()
-        time.sleep(0.02)
+    wait_readyz(client, timeout)
 
 
 @pytest.fixture
@@ -256,11 +252,7 @@ def test_not_ready_is_503(tmp_path) -> None:
 
     app = create_app(settings(tmp_path), Broken())
     with TestClient(app) as c:
-        deadline = time.monotonic() + 5
-        while c.get("/readyz").json()["status"] == "loading":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        r = c.get("/readyz")
+        r = wait_readyz(c, 5, loaded_only=True)
         assert r.status_code == 503 and "no index.json" in r.json()["message"]
         assert c.get("/healthz").status_code == 200
         r = c.post("/v1/search", json={"ids": [1]})

@@ -4,14 +4,13 @@ status below 500 and a JSON message for every error."""
 from __future__ import annotations
 
 import json
-import time
 from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_fakes import DIM, FakeArtifacts
+from serve_fakes import DIM, FakeArtifacts, wait_readyz
 
 from coins.serve.app import create_app
 from coins.serve.settings import ServeSettings
@@ -70,8 +69,7 @@ def client(tmp_path_factory):
         FakeArtifacts(),
     )
     with TestClient(app) as c:
-        while c.get("/readyz").status_code != 200:
-            time.sleep(0.02)
+        wait_readyz(c)
         yield c
 
 

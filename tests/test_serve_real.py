@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from serve_fakes import wait_readyz
 from serve_real import build_real, start_server, stop_server
 from train_fixtures import TINY_DATA
 from typer.testing import CliRunner
@@ -38,10 +38,7 @@ def test_split():
 def ready_client(app) -> TestClient:
     client = TestClient(app)
     client.__enter__()
-    deadline = time.monotonic() + 30
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").json()
-        time.sleep(0.05)
+    wait_readyz(client, 30)
     return client
 
 
@@ -155,9 +152,5 @@ def test_a_model_that_does_not_match_the_index_is_not_ready(built, tmp_path) -> 
     (index_dir / "index.json").write_text(manifest.replace(sha, "0" * 64))
     client = TestClient(create_app(built.settings(index_dir=index_dir, model=other)))
     with client:
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").json()["status"] == "loading":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        r = client.get("/readyz")
+        r = wait_readyz(client, 30, loaded_only=True)
         assert r.status_code == 503 and "model sha256" in r.json()["message"]
