@@ -100,7 +100,7 @@ def eval_cmd(
         raise _fail(ValueError("--index and --model go together, without a checkpoint"))
     try:
         if index is not None and model is not None:
-            from coins.serve.index_eval import evaluate_index
+            from coins.serve.index.evaluation import evaluate_index
 
             typer.echo(format_table(evaluate_index(index, model, json_path=json_out)))
             return
@@ -290,8 +290,8 @@ def export_cmd(
 ) -> None:
     """Export a checkpoint to ONNX and check it against PyTorch; optionally quantize to int8."""
     from coins.retrieval.data import DatasetError
-    from coins.serve.export import ExportError, export_checkpoint
-    from coins.serve.quantize import export_int8
+    from coins.retrieval.onnx.export import ExportError, export_checkpoint
+    from coins.retrieval.onnx.quantize import export_int8
 
     if quantize not in (None, "int8"):
         raise typer.BadParameter(f"expected int8, got {quantize!r}", param_hint="--quantize")
@@ -333,7 +333,7 @@ def embed_cmd(
 ) -> None:
     """Embed one shard of a gallery: OUT/shard-IIIII-of-NNNNN.{npz,jsonl,json}."""
     from coins.retrieval.data import DatasetError
-    from coins.retrieval.embed import OnnxEmbedder, gallery_source
+    from coins.retrieval.onnx.runner import OnnxEmbedder, gallery_source
     from coins.retrieval.shards import embed_gallery, parse_shard, shard_name
 
     try:
@@ -379,7 +379,7 @@ def explain_cmd(
 ) -> None:
     """Spatial attention maps of checkpoints on the same images; --measure: mass per patch."""
     from coins.retrieval.data import DatasetError
-    from coins.retrieval.explain import explain
+    from coins.train.report.explain import explain
 
     try:
         result = explain(
@@ -410,7 +410,7 @@ def report_cmd(
 ) -> None:
     """Training curves, Recall@K bars, embedding maps and retrieval grids; OUT/index.html."""
     from coins.retrieval.data import DatasetError
-    from coins.retrieval.report import report
+    from coins.train.report.runs import report
 
     try:
         page = report(
@@ -452,8 +452,8 @@ def serve_cmd(
     """Serve the search API and web page; every setting can also come from COINS_* variables."""
     from pydantic import ValidationError
 
-    from coins.serve.app import run
-    from coins.serve.settings import ServeSettings
+    from coins.serve.api.app import run
+    from coins.serve.api.settings import ServeSettings
 
     flags: dict[str, Any] = {
         "host": host, "port": port, "api_key": api_key, "report_dir": report_dir,
@@ -500,8 +500,8 @@ def query_cmd(
     import httpx
 
     from coins.retrieval.data import DatasetError, build_dataset
-    from coins.serve.api_eval import format_results, recall_by_ids, recall_by_images
-    from coins.serve.client import ApiError, SearchClient
+    from coins.serve.client.http import ApiError, SearchClient
+    from coins.serve.client.recall import format_results, recall_by_ids, recall_by_images
 
     if not recall and bool(image) == bool(id_):
         raise _fail(ValueError("give --image FILE or --id N (or --recall)"))
@@ -586,7 +586,7 @@ def index_build_cmd(
 ) -> None:
     """Embed a gallery with MODEL (or read shards) and build, tune and save an index."""
     from coins.retrieval.data import DatasetError
-    from coins.serve.build import build_index_from_embeddings, build_index_from_model
+    from coins.serve.index.build import build_index_from_embeddings, build_index_from_model
 
     options: dict[str, Any] = {"append": append}
     if not append:
@@ -631,7 +631,7 @@ def index_remove_cmd(
     """Remove items by id (flat and IVF indexes; HNSW graphs cannot remove)."""
     import numpy as np
 
-    from coins.serve.build import remove_from_index
+    from coins.serve.index.build import remove_from_index
 
     try:
         wanted = [int(i) for part in ids for i in part.split(",") if i.strip()]
@@ -657,7 +657,7 @@ def search_cmd(
     import json
 
     from coins.retrieval.data import DatasetError
-    from coins.serve.query import format_neighbours, neighbours_json, search_index
+    from coins.serve.index.query import format_neighbours, neighbours_json, search_index
 
     try:
         results = search_index(index_dir, k, image, id_, vector_file, model, coarse, fine)

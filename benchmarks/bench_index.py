@@ -62,9 +62,9 @@ def reset_peak() -> None:
 
 def run_one(n: int, kind: str, nq: int) -> dict[str, object]:
     """Build, save, load and measure one index; the child process's whole job."""
-    from coins.serve.build import build_index
-    from coins.serve.index import SearchIndex
-    from coins.serve.tuning import k_recall, latency_ms
+    from coins.serve.index.build import build_index
+    from coins.serve.index.store import SearchIndex
+    from coins.serve.index.tuning import k_recall, latency_ms
 
     xb, xq = clustered(n, nq)
     ids = np.arange(n, dtype=np.int64)

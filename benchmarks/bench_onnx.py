@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coins.retrieval.embed import OnnxEmbedder
 from coins.retrieval.models import Embedder
+from coins.retrieval.onnx.export import export_model
+from coins.retrieval.onnx.runner import OnnxEmbedder
 from coins.retrieval.presets import model_preset
-from coins.serve.export import export_model
 
 
 def median_seconds(

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from coins.serve.background import start_server, stop_server
+from coins.serve.client.background import start_server, stop_server
 
 
 @dataclass
@@ -119,7 +119,7 @@ def faiss_qps(index_dir: Path, xq: np.ndarray, batch: int, k: int, seconds: floa
 
     import faiss
 
-    from coins.serve.index import SearchIndex
+    from coins.serve.index.store import SearchIndex
 
     index = SearchIndex.load(index_dir, verify=False)
     best = 0.0
@@ -139,7 +139,7 @@ def query_vectors(url: str, index_dir: Path | None, n: int, seed: int = 0) -> np
     """Stored vectors (plus a little noise) when the index folder is here, else random ones."""
     rng = np.random.default_rng(seed)
     if index_dir is not None:
-        from coins.serve.index import SearchIndex
+        from coins.serve.index.store import SearchIndex
 
         index = SearchIndex.load(index_dir, verify=False)
         ids, _, _ = index.labels()
@@ -153,7 +153,7 @@ def query_vectors(url: str, index_dir: Path | None, n: int, seed: int = 0) -> np
 
 def query_images(dataset: str | None, split: str, n: int, size: int) -> list[bytes]:
     """PNG files of a data set's first n images, or of random noise at the model's input size."""
-    from coins.serve.api_eval import png_bytes
+    from coins.serve.client.recall import png_bytes
 
     if dataset is not None:
         from coins.retrieval.data import build_dataset
@@ -173,8 +173,8 @@ def gate_effect(url: str, dataset: str, split: str, limit: int) -> list[dict[str
     """Fine Recall@1/8 and time per image through the API, without and with gate=coarse
     (top-1 and top-2 predicted classes)."""
     from coins.retrieval.data import build_dataset
-    from coins.serve.api_eval import recall_by_images
-    from coins.serve.client import SearchClient
+    from coins.serve.client.http import SearchClient
+    from coins.serve.client.recall import recall_by_images
 
     data = build_dataset(dataset, split)
     rows = []

@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file under the real name."""
+"""Atomic file writes: a crash mid-write never leaves a half-written file under the real name.
+
+The data is fsynced before the rename and the directory after it: without the first, a power
+loss can leave the new name pointing at an empty file; without the second, the rename may be
+lost.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +28,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         if tmp_path.exists():  # mkstemp makes it owner-only; give it the usual umask mode
             os.chmod(tmp_path, 0o666 & ~_UMASK)
+            _fsync(tmp_path, os.O_RDONLY)  # the block wrote by path: flush what it wrote
         os.replace(tmp_path, path)
+        if hasattr(os, "O_DIRECTORY"):  # POSIX only: Windows cannot open a directory
+            _fsync(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_umask() -> int:

@@ -6,55 +6,18 @@ the normalised head output (the space the losses live in) can be selected instea
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs import check_fields
-from .data.transforms import Preprocess
+# the configs live without torch (the CLI reads them); imported here for the old import paths
+from .configs import SMALL_IMAGE_MAX, EmbedderConfig, Preprocess
 
 Which = Literal["backbone", "head"]
-SMALL_IMAGE_MAX = 64  # inputs of this size or less get the small-image stem
-
-
-@dataclass
-class EmbedderConfig:
-    """Everything needed to rebuild an embedder; stored in every checkpoint and export."""
-
-    backbone: str = "resnet18"  # any timm model name (created with num_classes=0)
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"channels": [32, ...]}
-    small_stem: bool | None = None  # 3x3 stride-1 stem, no max-pool; None: input_size <= 64
-    head_hidden: int = 512  # MLP hidden width; 0 gives a linear head
-    head_dim: int = 128  # projection output dimension
-    weights: str | None = None  # local file of backbone weights; never a download
-    preprocess: Preprocess = field(default_factory=Preprocess)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EmbedderConfig:
-        check_fields(cls, d, "model config keys")
-        d = dict(d)
-        pre = d.pop("preprocess", {})
-        if isinstance(pre, dict):
-            fields: dict[str, Any] = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()
-            }
-            pre = Preprocess(**fields)
-        return cls(preprocess=pre, **d)
-
-    @property
-    def uses_small_stem(self) -> bool:
-        if self.small_stem is None:
-            return self.preprocess.input_size <= SMALL_IMAGE_MAX
-        return self.small_stem
 
 
 def _use_small_stem(backbone: nn.Module, in_chans: int) -> None:
@@ -91,6 +54,28 @@ def _load_backbone_weights(backbone: nn.Module, path: str) -> None:
     backbone.load_state_dict(usable)
 
 
+def create_backbone(config: EmbedderConfig) -> nn.Module:
+    """timm's `create_model(backbone, num_classes=0, **backbone_kwargs)`, never pretrained.
+
+    backbone_kwargs are free-form (each timm model takes its own), so timm is the one to judge
+    them: what it rejects comes back as a ValueError naming the config keys, not a traceback.
+    """
+    try:
+        return timm.create_model(
+            config.backbone,
+            pretrained=False,
+            num_classes=0,
+            in_chans=config.preprocess.in_chans,
+            **config.backbone_kwargs,
+        )
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"model.backbone {config.backbone!r} with model.backbone_kwargs "
+            f"{config.backbone_kwargs}: timm refused them ({type(e).__name__}: {e}); "
+            f"expected a timm model name and keyword arguments it accepts"
+        ) from e
+
+
 def projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     """MoCo v2 MLP head: Linear-ReLU-Linear (a linear layer when hidden == 0)."""
     if hidden == 0:
@@ -107,13 +92,7 @@ class Embedder(nn.Module):
         super().__init__()
         self.config = config
         in_chans = config.preprocess.in_chans
-        self.backbone = timm.create_model(
-            config.backbone,
-            pretrained=False,
-            num_classes=0,
-            in_chans=in_chans,
-            **config.backbone_kwargs,
-        )
+        self.backbone = create_backbone(config)
         if config.uses_small_stem:
             _use_small_stem(self.backbone, in_chans)
         if config.weights:
@@ -137,3 +116,14 @@ class Embedder(nn.Module):
 
     def embedding_dim(self, which: Which = "backbone") -> int:
         return self.config.head_dim if which == "head" else self.num_features
+
+
+__all__ = [
+    "SMALL_IMAGE_MAX",
+    "Embedder",
+    "EmbedderConfig",
+    "Preprocess",
+    "Which",
+    "create_backbone",
+    "projection_head",
+]

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .data.transforms import Preprocess
-from .models import EmbedderConfig
+from .configs import EmbedderConfig, Preprocess
 
 # A narrow ResNet-18 (half the usual widths): small enough to train on a CPU at 28-32 px.
 NARROW_RESNET: dict[str, Any] = {

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from coins.retrieval.onnx.runner import EmbedError, OnnxEmbedder
+
 from .. import __version__
 from .atomic import atomic_path, write_json
-from .embed import EmbedError, OnnxEmbedder
 from .gallery import Gallery
 
 SHARD_FORMAT = "coins-embeddings"

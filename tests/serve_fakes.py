@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from coins.retrieval.data import Preprocess
-from coins.serve.settings import ServeSettings
+from coins.serve.api.settings import ServeSettings
 
 DIM = 8
 COARSE = ["tops", "shoes", "bags"]

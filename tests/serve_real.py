@@ -9,8 +9,8 @@ from pathlib import Path
 
 from train_fixtures import TINY_DATA, tiny_config
 
-from coins.serve import background
-from coins.serve.settings import ServeSettings
+from coins.serve.api.settings import ServeSettings
+from coins.serve.client import background
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ def build_real(root: Path) -> Built:
     """Train, export, index into `root` (the first call of the session; later calls reuse it)."""
     if "tiny" in _BUILT:
         return _BUILT["tiny"]
-    from coins.serve.build import build_index_from_model
-    from coins.serve.export import export_checkpoint
+    from coins.retrieval.onnx.export import export_checkpoint
+    from coins.serve.index.build import build_index_from_model
     from coins.train import train
 
     train(tiny_config(method="coins", epochs=1, amp=False), root / "run")

@@ -9,7 +9,12 @@ from train_fixtures import TINY_DATA, TINY_MODEL
 from typer.testing import CliRunner
 
 from coins.cli import app
-from coins.retrieval.attention import (
+from coins.retrieval.checkpoint import save_checkpoint
+from coins.retrieval.data import DatasetError, build_dataset
+from coins.retrieval.models import Embedder, EmbedderConfig
+from coins.retrieval.presets import model_preset
+from coins.train import load_config
+from coins.train.report.attention import (
     attention_maps,
     box_mass,
     patch_area,
@@ -18,13 +23,8 @@ from coins.retrieval.attention import (
     stage_names,
     upsample_normalised,
 )
-from coins.retrieval.checkpoint import save_checkpoint
-from coins.retrieval.data import DatasetError, build_dataset
-from coins.retrieval.explain import explain, summarise
-from coins.retrieval.figures import PNG_SIGNATURE
-from coins.retrieval.models import Embedder, EmbedderConfig
-from coins.retrieval.presets import model_preset
-from coins.train import load_config
+from coins.train.report.explain import explain, summarise
+from coins.train.report.figures import PNG_SIGNATURE
 
 runner = CliRunner()
 TINY_OPTIONS = [arg for key, value in TINY_DATA.items() for arg in ("--option", f"{key}={value}")]
@@ -163,7 +163,7 @@ def test_explain_draws_a_png_and_measures_each_checkpoint(tmp_path) -> None:
 
 
 def test_summarise_groups_rows_by_method() -> None:
-    from coins.retrieval.explain import MassRow
+    from coins.train.report.explain import MassRow
 
     rows = [MassRow("a", "cos", 0, "layer4", 0.5, 0.1), MassRow("b", "cos", 1, "layer4", 0.7, 0.3)]
     s = summarise(rows, {"big": 0.2, "small": 0.05})["cos"]

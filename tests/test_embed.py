@@ -14,16 +14,17 @@ from typer.testing import CliRunner
 
 from coins.cli import app
 from coins.retrieval.data import build_dataset
-from coins.retrieval.embed import EmbedError, OnnxEmbedder, gallery_source, model_sha256
 from coins.retrieval.evaluate import embed_dataset
 from coins.retrieval.models import Embedder, EmbedderConfig
+from coins.retrieval.onnx.contract import Classifier
+from coins.retrieval.onnx.export import export_model
+from coins.retrieval.onnx.runner import EmbedError, OnnxEmbedder, gallery_source, model_sha256
 from coins.retrieval.shards import (
     embed_gallery,
     embed_items,
     parse_shard,
     read_embedding_shards,
 )
-from coins.serve.export import Classifier, export_model
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 

@@ -12,14 +12,14 @@ import torch
 from train_fixtures import TINY_DATA, TINY_MODEL
 from typer.testing import CliRunner
 
+import coins.retrieval.onnx.export as export_module
 from coins import __version__
 from coins.cli import app
 from coins.retrieval.checkpoint import load_embedder, save_checkpoint
-from coins.retrieval.embed import EmbedError, OnnxEmbedder
 from coins.retrieval.models import Embedder, EmbedderConfig
-from coins.serve import export as export_module
-from coins.serve.export import ExportError, export_checkpoint
-from coins.serve.quantize import QuantizationRejected, export_int8
+from coins.retrieval.onnx.export import ExportError, export_checkpoint
+from coins.retrieval.onnx.quantize import QuantizationRejected, export_int8
+from coins.retrieval.onnx.runner import EmbedError, OnnxEmbedder
 
 COARSE = ["c0", "c1", "c2", "c3"]
 FINE = [f"f{i}" for i in range(8)]

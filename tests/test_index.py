@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from coins.serve import index as index_module
-from coins.serve.build import IndexBuildError, build_index
-from coins.serve.index import IndexLoadError, IndexUpdateError, SearchIndex, UnknownIdError
-from coins.serve.index_choice import IndexChoiceError, choose_index, nlist_for
-from coins.serve.manifest import IndexManifest
-from coins.serve.metadata import MetadataStore
-from coins.serve.tuning import drop_self, k_recall
+import coins.serve.index.store as index_module
+from coins.serve.index.build import IndexBuildError, build_index
+from coins.serve.index.choice import IndexChoiceError, choose_index, nlist_for
+from coins.serve.index.manifest import IndexManifest
+from coins.serve.index.metadata import MetadataStore
+from coins.serve.index.store import IndexLoadError, IndexUpdateError, SearchIndex, UnknownIdError
+from coins.serve.index.tuning import drop_self, k_recall
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -246,7 +246,7 @@ def test_a_metadata_file_that_is_not_sqlite_is_a_clear_error(flat) -> None:
 
 
 def test_ground_truth_in_blocks_equals_brute_force_on_the_kept_rows(monkeypatch) -> None:
-    from coins.serve import tuning
+    from coins.serve.index import tuning
 
     monkeypatch.setattr(tuning, "GT_BLOCK", 7)  # many blocks, some with few kept rows
     ids, xb, _ = gallery(n=100)

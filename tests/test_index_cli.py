@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from coins.cli import app
 from coins.retrieval.data import build_dataset
-from coins.retrieval.embed import OnnxEmbedder
 from coins.retrieval.evaluate import metrics_from_embeddings
 from coins.retrieval.models import Embedder, EmbedderConfig
-from coins.serve.export import export_model
-from coins.serve.index import IndexLoadError, SearchIndex
+from coins.retrieval.onnx.export import export_model
+from coins.retrieval.onnx.runner import OnnxEmbedder
+from coins.serve.index.store import IndexLoadError, SearchIndex
 
 runner = CliRunner()
 DATA = [arg for key, value in TINY_DATA.items() for arg in ("--option", f"{key}={value}")]

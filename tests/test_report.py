@@ -9,8 +9,9 @@ from train_fixtures import tiny_config
 from typer.testing import CliRunner
 
 from coins.cli import app
-from coins.retrieval.figures import PNG_SIGNATURE
-from coins.retrieval.grid import (
+from coins.train import train
+from coins.train.report.figures import PNG_SIGNATURE
+from coins.train.report.grid import (
     Tile,
     grid_shape,
     nearest_others,
@@ -18,8 +19,7 @@ from coins.retrieval.grid import (
     retrieval_grid,
     retrieval_tiles,
 )
-from coins.retrieval.report import report
-from coins.train import train
+from coins.train.report.runs import report
 
 runner = CliRunner()
 
@@ -148,7 +148,7 @@ def test_a_tile_knows_its_colour() -> None:
 
 
 def test_curves_fall_back_to_steps_unless_every_log_has_epochs() -> None:
-    from coins.retrieval.figures import training_curves
+    from coins.train.report.figures import training_curves
 
     steps = [{"event": "step", "epoch": 1, "step": s, "loss": 3.0 - s} for s in range(3)]
     epochs = [{"event": "epoch", "epoch": 1, "step": 3, "loss": 1.5}]

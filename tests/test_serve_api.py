@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from serve_fakes import COARSE, DIM, FakeArtifacts, colour_image, fake_gallery, wait_readyz
 
-from coins.serve.app import create_app
-from coins.serve.settings import ServeSettings
+from coins.serve.api.app import create_app
+from coins.serve.api.settings import ServeSettings
 
 KEY = "s3cret"
 NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))

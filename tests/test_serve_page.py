@@ -14,8 +14,8 @@ import uvicorn
 from serve_fakes import FakeArtifacts, colour_image
 from serve_real import free_port
 
-from coins.serve.app import create_app
-from coins.serve.settings import ServeSettings
+from coins.serve.api.app import create_app
+from coins.serve.api.settings import ServeSettings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from serve_fakes import DIM, FakeArtifacts, wait_readyz
 
-from coins.serve.app import create_app
-from coins.serve.settings import ServeSettings
+from coins.serve.api.app import create_app
+from coins.serve.api.settings import ServeSettings
 
 KEY = "k"
 PROPS = settings(

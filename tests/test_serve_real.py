@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from coins.cli import app as cli
 from coins.retrieval.data import build_dataset
 from coins.retrieval.metrics import recall_at_k
-from coins.serve.api_eval import png_bytes, recall_by_ids, recall_by_images
-from coins.serve.app import create_app
-from coins.serve.client import ApiError, SearchClient
-from coins.serve.index import SearchIndex
+from coins.serve.api.app import create_app
+from coins.serve.client.http import ApiError, SearchClient
+from coins.serve.client.recall import png_bytes, recall_by_ids, recall_by_images
+from coins.serve.index.store import SearchIndex
 
 KEY = "k3y"
 

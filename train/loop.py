@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -125,6 +126,67 @@ def _save(
     )
 
 
+# Options that may change when a run resumes: where and how fast it runs, how often it logs,
+# and when it stops. Everything else (data, model, losses, optimiser, lr, epochs: the schedule
+# is laid out over `epochs`) defines the run; a forgotten flag must not silently change it.
+RESUME_MAY_DIFFER = frozenset(
+    {
+        "device",  # move the run to another machine or GPU
+        "root",  # the same data set can live elsewhere there (dataset and options still match)
+        "num_workers",  # loader processes for that machine's cores
+        "max_steps",  # a stop condition for smoke runs, not part of the run
+        "log_every",  # the three cadences: bookkeeping only
+        "eval_every",
+        "checkpoint_every",
+    }
+)
+RESUME_KEYS = ("train_config", "train_state.model", "train_state.optimizer", "epoch", "step")
+
+
+def _resume_state(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint to resume from; a ValueError if `cfg` differs from the run it continues."""
+    state = load_checkpoint(path, require=RESUME_KEYS)
+    try:
+        saved = TrainConfig.from_dict(state["train_config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {path}: its train_config does not load ({e})") from e
+    given, before = _flat(cfg.to_dict()), _flat(saved.to_dict())
+    differ = [
+        f"  {key}: saved {_show(before, key)}, given {_show(given, key)}"
+        for key in sorted(given.keys() | before.keys())
+        if key.split(".")[0] not in RESUME_MAY_DIFFER
+        and given.get(key, _UNSET) != before.get(key, _UNSET)
+    ]
+    if differ:
+        raise ValueError(
+            f"--resume: these options differ from the run in {path.parent}:\n"
+            + "\n".join(differ)
+            + f"\npass the run's own options (see {path.parent / 'config.json'}) "
+            "or start a new run with another --out"
+        )
+    return state
+
+
+_UNSET = object()
+
+
+def _show(flat: dict[str, Any], key: str) -> str:
+    value = flat.get(key, _UNSET)
+    return "(unset)" if value is _UNSET else repr(value)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys; tuples as lists, as a JSON round trip would have them."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))  # an empty one adds nothing: same as unset
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def train(
     cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
 ) -> Metrics:
@@ -142,6 +204,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distribute
         raise FileExistsError(
             f"{out} already holds a run ({LAST}); pass --resume to continue it, or another --out"
         )
+    state = _resume_state(out / LAST, cfg) if resume else None  # before any work: fail fast
     device = torch.device(cfg.device)
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -158,12 +221,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distribute
     net: torch.nn.Module = DistributedDataParallel(model) if distributed else model
     opt = _optimizer(cfg, model)
     start, step = 0, 0
-    if resume:
-        state = load_checkpoint(out / LAST)
+    if state is not None:
         model.load_state_dict(state["train_state"]["model"])
         opt.load_state_dict(state["train_state"]["optimizer"])
         start, step = state["epoch"] + 1, state["step"]
-    if dist.is_main():
+    # On resume config.json already records this run (the flags were checked against it above);
+    # written again only if it went missing.
+    if dist.is_main() and (state is None or not (out / "config.json").exists()):
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
     log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())

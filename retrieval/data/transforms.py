@@ -1,88 +1,63 @@
 """From a PIL image to the tensor a model expects, for evaluation and for contrastive training.
 
-`Preprocess` is what the model was trained with (size, channels, normalisation): it is saved in
-every checkpoint and exported model so that the same images give the same embeddings later.
-`Augment` is only the strength of the training augmentation (two views per image, as in MoCo).
+`Preprocess` (what the model was trained with) and `Augment` (the strength of the training
+augmentation) are plain configs in `coins.retrieval.configs`, readable without torch; this module
+turns them into torchvision transforms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from ..configs import Augment, Preprocess
 from .base import RetrievalDataset
 
 Views = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-@dataclass
-class Preprocess:
-    """What the model expects: square `input_size` images of `in_chans` (1 or 3) channels,
-    normalised per channel by `mean` and `std` after scaling to [0, 1]."""
-
-    input_size: int = 32
-    in_chans: int = 3
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.25, 0.25, 0.25)
-
-    def __post_init__(self) -> None:
-        # configs read back from JSON/YAML give lists; keep tuples so instances compare equal
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
-        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int):
-            raise ValueError(f"Preprocess: expected input_size an int, got {self.input_size!r}")
-        if self.input_size <= 0:
-            raise ValueError(f"Preprocess: expected input_size > 0, got {self.input_size}")
-        if self.in_chans not in (1, 3):
-            raise ValueError(f"Preprocess: expected in_chans 1 or 3, got {self.in_chans!r}")
-        if not len(self.mean) == len(self.std) == self.in_chans:
-            raise ValueError(
-                f"Preprocess: expected {self.in_chans} values in mean and std (one per channel), "
-                f"got mean={self.mean}, std={self.std}"
-            )
-        if min(self.std) <= 0:
-            raise ValueError(f"Preprocess: expected std > 0, got {self.std}")
-
-
-@dataclass
-class Augment:
-    """Strength of the contrastive augmentation; colour jitter and greyscale apply to RGB only."""
-
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # area range of RandomResizedCrop
-    hflip: bool = True
-    color_jitter: float = 0.4  # brightness/contrast/saturation s, hue s/4, with p=0.8; 0 = off
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-
-    def __post_init__(self) -> None:
-        low, high = (float(v) for v in self.crop_scale)
-        self.crop_scale = (low, high)  # a list when read back from JSON/YAML
-        if not 0 < low <= high <= 1:
-            raise ValueError(
-                f"Augment: expected 0 < crop_scale[0] <= crop_scale[1] <= 1, got {self.crop_scale}"
-            )
-        if not 0 <= self.color_jitter <= 2:  # hue s/4 must stay within [0, 0.5]
-            raise ValueError(f"Augment: expected color_jitter in [0, 2], got {self.color_jitter}")
-        for key in ("grayscale_p", "blur_p"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"Augment: expected {key} in [0, 1], got {getattr(self, key)}")
-
-
 def eval_transform(pre: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
     """Deterministic: resize the shorter side to input_size, centre crop, normalise -> [C,H,W]."""
-    return v2.Compose(
-        [
-            _channels(pre),
-            v2.Resize(pre.input_size, antialias=True),
-            v2.CenterCrop(pre.input_size),
-            *_to_tensor(pre),
-        ]
-    )
+    return v2.Compose([_channels(pre), ResizeCentreCrop(pre.input_size), *_to_tensor(pre)])
+
+
+class ResizeCentreCrop:
+    """Resize the shorter side to `size`, then crop the centre `size` x `size`.
+
+    Ordinary images take torchvision's Resize then CenterCrop (bit for bit what models were
+    trained and evaluated with). A thin image would make that intermediate huge: 1 x N pixels
+    resize to size x size*N (a 1 x 2,000,000 PNG asks for gigabytes). When the intermediate would
+    exceed `max_aspect` * size**2 pixels, only the source box that the crop keeps is resized,
+    straight to size x size: the same sampling positions and filter, so the result equals the
+    long path up to rounding (at most 1 grey level), at a cost bounded by size**2.
+    """
+
+    def __init__(self, size: int, max_aspect: float = 16.0) -> None:
+        self.size, self.max_aspect = size, max_aspect
+        self.resize = v2.Resize(size, antialias=True)
+        self.crop = v2.CenterCrop(size)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if not isinstance(img, Image.Image):  # tensors: internal callers only, never thin
+            return self.crop(self.resize(img))
+        S = self.size
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(S * long / short)  # as torchvision computes it
+        if new_long <= self.max_aspect * S:
+            return self.crop(self.resize(img))
+        new_w, new_h = (S, new_long) if w <= h else (new_long, S)
+        top, left = int(round((new_h - S) / 2.0)), int(round((new_w - S) / 2.0))  # CenterCrop's
+        sx, sy = w / new_w, h / new_h  # source pixels per resized pixel
+        box = (left * sx, top * sy, (left + S) * sx, (top + S) * sy)
+        return img.resize((S, S), Image.Resampling.BILINEAR, box=box)
+
+    def __repr__(self) -> str:
+        return f"ResizeCentreCrop(size={self.size}, max_aspect={self.max_aspect})"
 
 
 def train_transform(pre: Preprocess, aug: Augment) -> Callable[[Image.Image], torch.Tensor]:

@@ -1,0 +1,112 @@
+"""The search service: `create_app(settings)` wires routes, errors, metrics and the lifespan.
+
+Nothing heavy happens at import or in the factory. The lifespan starts a thread that loads the
+model and index and warms them up; until it is done /readyz answers 503 and so do the search
+routes, while /healthz already answers 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from coins import __version__
+from coins.serve.api.errors import add_body_schemas, install_error_handlers
+from coins.serve.api.loading import Artifacts, OnnxArtifacts, load_all, set_faiss_threads
+from coins.serve.api.observability import Metrics, RequestMetrics
+from coins.serve.api.routes import admin as routes_admin
+from coins.serve.api.routes import items as routes_items
+from coins.serve.api.routes import ops as routes_ops
+from coins.serve.api.routes import search as routes_search
+from coins.serve.api.settings import ServeSettings
+from coins.serve.api.state import ServiceState
+
+STATIC = Path(str(resources.files("coins.serve.api") / "static"))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """A search pool of `workers` threads, and the model and index loaded in the background."""
+    settings: ServeSettings = app.state.settings
+    app.state.pool = ThreadPoolExecutor(
+        settings.workers,
+        thread_name_prefix="coins-search",
+        initializer=set_faiss_threads,
+        initargs=(settings.faiss_threads,),
+    )
+    loading = asyncio.create_task(asyncio.to_thread(load_all, app))
+    try:
+        yield
+    finally:
+        if not loading.done():
+            await asyncio.wait([loading], timeout=5)
+        app.state.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> FastAPI:
+    """The FastAPI app of one index and one model; `artifacts` replaces the loader in tests."""
+    app = FastAPI(
+        title="coins search",
+        version=__version__,
+        description="Fine-grained nearest-neighbour search over CoIns embeddings.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.artifacts = artifacts or OnnxArtifacts()
+    app.state.service = ServiceState()
+    app.state.metrics = Metrics()
+    app.state.thumbnails = None
+    install_error_handlers(app)
+    for module in (routes_ops, routes_search, routes_items, routes_admin):
+        app.include_router(module.router)
+    _mount_page(app, settings)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(
+        RequestMetrics, metrics=app.state.metrics, max_body=settings.max_request_bytes
+    )
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the bodies that routes parse themselves (`json_body_schema`)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        app.openapi_schema = add_body_schemas(schema)
+    return app.openapi_schema
+
+
+def _mount_page(app: FastAPI, settings: ServeSettings) -> None:
+    """The web page at /, its assets at /static, and the model's report at /report when given."""
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if settings.report_dir is not None:
+        app.mount("/report", StaticFiles(directory=settings.report_dir, html=True), name="report")
+
+
+def run(settings: ServeSettings, log_level: str = "info") -> None:
+    """Serve until interrupted (what `coins serve` does)."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )

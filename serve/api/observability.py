@@ -1,0 +1,127 @@
+"""Prometheus metrics of one app: latency per route, time per stage, counts, errors, index size.
+
+Each app owns its registry, so several apps (tests, a reload) never collide on metric names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coins.serve.api.errors import error_response
+
+STAGES = ("decode", "preprocess", "embed", "search", "metadata")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The service's metrics, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "coins_http_requests",
+            "Requests by route and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "coins_http_request_seconds",
+            "Request latency by route.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "coins_stage_seconds",
+            "Time per stage: decode, preprocess, embed, search, metadata.",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "coins_http_errors", "Responses with status >= 400.", ["route", "status"], registry=r
+        )
+        self.queries = Counter("coins_queries", "Queries searched, by kind.", ["kind"], registry=r)
+        self.images = Counter("coins_images_decoded", "Images decoded.", registry=r)
+        self.index_size = Gauge("coins_index_items", "Items in the index.", registry=r)
+        self.ready = Gauge(
+            "coins_ready", "1 when the model and index are loaded and warm.", registry=r
+        )
+
+    @contextmanager
+    def time_stage(self, stage: str) -> Iterator[None]:
+        assert stage in STAGES, stage
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage.labels(stage).observe(time.perf_counter() - start)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestMetrics:
+    """ASGI middleware: per-route latency and counts, and the request-body size limit (413)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
+        self.app, self.metrics, self.max_body = app, metrics, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status, received = time.perf_counter(), 500, 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise BodyTooLarge
+            return message
+
+        async def send_status(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        try:
+            if self._declared_length(scope) > self.max_body:
+                raise BodyTooLarge
+            await self.app(scope, counted_receive, send_status)
+        except BodyTooLarge:
+            if started:
+                raise
+            message = f"request body larger than the limit of {self.max_body:,} bytes"
+            await error_response(413, message)(scope, receive, send_status)
+        finally:
+            self._observe(scope, status, time.perf_counter() - start)
+
+    @staticmethod
+    def _declared_length(scope: Scope) -> int:
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return 0
+        return 0
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        name = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "")
+        self.metrics.requests.labels(name, method, str(status)).inc()
+        self.metrics.latency.labels(name, method).observe(seconds)
+        if status >= 400:
+            self.metrics.errors.labels(name, str(status)).inc()

@@ -1,0 +1,202 @@
+"""Search routes: by vectors or stored ids, by uploaded images (optionally gated by the predicted
+coarse class), and images to vectors."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from coins.serve.api.deps import MetricsDep, ReadyDep, SettingsDep, in_pool, loaded
+from coins.serve.api.errors import ApiError, json_body_schema, parse_json_body
+from coins.serve.api.observability import Metrics
+from coins.serve.api.schemas import (
+    MAX_K,
+    EmbedResponse,
+    Filter,
+    QueryResult,
+    SearchRequest,
+    SearchResponse,
+)
+from coins.serve.api.search import (
+    allowed_ids,
+    coarse_guesses,
+    gated_search,
+    knn,
+    normalise,
+    stored_vectors,
+)
+from coins.serve.api.settings import ServeSettings
+from coins.serve.api.state import ServiceState
+from coins.serve.api.uploads import ImagesForm, Payload, embed_uploads, read_images
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+COARSE_SHOWN = 3  # predicted coarse classes returned per image query
+
+
+def _check_k(k: int, settings: ServeSettings) -> None:
+    if k > settings.max_k:
+        raise ApiError(422, f"k={k} is more than this server's limit of {settings.max_k}")
+
+
+@router.post(
+    "/search", response_model=SearchResponse, openapi_extra=json_body_schema(SearchRequest)
+)
+async def search(
+    request: Request, state: ReadyDep, settings: SettingsDep, metrics: MetricsDep
+) -> Response:
+    """Nearest neighbours of query vectors, or of stored items by id (never the item itself).
+
+    The body is parsed and the answer serialised in the search pool, by pydantic's own JSON
+    code: a batch of vectors is thousands of floats, too slow for the event loop's thread."""
+    start = time.perf_counter()
+    raw = await request.body()
+    payload = await in_pool(request, _search_json, state, metrics, settings, raw, start)
+    return Response(payload, media_type="application/json")
+
+
+def _search_json(
+    state: ServiceState, metrics: Metrics, settings: ServeSettings, raw: bytes, start: float
+) -> bytes:
+    body = parse_json_body(SearchRequest, raw)
+    _check_k(body.k, settings)
+    n = len(body.vectors or body.ids or ())
+    if n > settings.max_vectors:
+        raise ApiError(
+            413, f"{n} queries is more than this server's limit of {settings.max_vectors}"
+        )
+    found = _search_body(state, metrics, body)
+    metrics.queries.labels("vector" if body.vectors is not None else "id").inc(n)
+    took_ms = 1000 * (time.perf_counter() - start)
+    return SearchResponse(results=found, took_ms=took_ms).model_dump_json().encode()
+
+
+def _search_body(state: ServiceState, metrics: Metrics, body: SearchRequest) -> list[QueryResult]:
+    _, index = loaded(state)
+    exclude = None
+    if body.ids is not None:
+        exclude = np.asarray(body.ids, dtype=np.int64)
+        xq = stored_vectors(state, body.ids)
+    else:
+        try:
+            with np.errstate(over="ignore"):  # overflow gives inf, refused by normalise
+                xq = np.asarray(body.vectors, dtype=np.float32)
+        except ValueError as err:  # ragged rows
+            raise ApiError(422, f"query vectors must all have dimension {index.dim}") from err
+    xq = normalise(xq, index.dim)
+    allowed = allowed_ids(state, body.filter)
+    rows = knn(
+        state,
+        metrics,
+        xq,
+        body.k,
+        allowed=allowed,
+        exclude=exclude,
+        with_metadata=body.with_metadata,
+    )
+    return [QueryResult(neighbors=r) for r in rows]
+
+
+def _parse_filter(text: str | None) -> Filter | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return Filter.model_validate(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as err:
+        raise ApiError(
+            422, f'filter: expected a JSON object like {{"coarse": [1]}}: {err}'
+        ) from err
+
+
+@router.post("/search/image", response_model=SearchResponse)
+async def search_image(
+    images: ImagesForm,
+    request: Request,
+    state: ReadyDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
+    gate: Annotated[Literal["none", "coarse"], Form()] = "none",
+    gate_top: Annotated[
+        int, Form(ge=1, description="Coarse classes searched with gate=coarse.")
+    ] = 1,
+    filter: Annotated[str | None, Form(description="JSON Filter, as in /v1/search.")] = None,
+    with_metadata: Annotated[bool, Form()] = True,
+) -> SearchResponse:
+    """Nearest neighbours of uploaded images, with the predicted coarse class."""
+    start = time.perf_counter()
+    _check_k(k, settings)
+    payloads = await read_images(images, settings)
+    parsed = _parse_filter(filter)
+    found = await in_pool(
+        request,
+        _search_images,
+        state,
+        metrics,
+        settings,
+        payloads,
+        k,
+        gate,
+        gate_top,
+        parsed,
+        with_metadata,
+    )
+    metrics.queries.labels("image").inc(len(payloads))
+    return SearchResponse(results=found, took_ms=1000 * (time.perf_counter() - start))
+
+
+def _search_images(
+    state: ServiceState,
+    metrics: Metrics,
+    settings: ServeSettings,
+    payloads: list[Payload],
+    k: int,
+    gate: str,
+    gate_top: int,
+    filter_: Filter | None,
+    with_metadata: bool,
+) -> list[QueryResult]:
+    embedder, index = loaded(state)
+    xq, probs = embed_uploads(state, metrics, settings, payloads)
+    xq = normalise(xq, index.dim)
+    allowed = allowed_ids(state, filter_)
+    names = embedder.coarse_classes
+    if gate == "coarse":
+        if probs is None:
+            raise ApiError(422, "gate=coarse needs a model with a coarse head; this one has none")
+        guesses = coarse_guesses(probs, names, gate_top)
+        return gated_search(
+            state, metrics, xq, k, guesses, allowed=allowed, with_metadata=with_metadata
+        )
+    rows = knn(state, metrics, xq, k, allowed=allowed, with_metadata=with_metadata)
+    shown = None if probs is None else coarse_guesses(probs, names, COARSE_SHOWN)
+    return [
+        QueryResult(neighbors=r, coarse=None if shown is None else shown[q])
+        for q, r in enumerate(rows)
+    ]
+
+
+@router.post("/embed", response_model=EmbedResponse)
+async def embed(
+    images: ImagesForm,
+    request: Request,
+    state: ReadyDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> EmbedResponse:
+    """Uploaded images to L2-normalised vectors (and coarse probabilities with a coarse head)."""
+    payloads = await read_images(images, settings)
+    vectors, probs = await in_pool(request, embed_uploads, state, metrics, settings, payloads)
+    embedder, _ = loaded(state)
+    return EmbedResponse(
+        dim=int(vectors.shape[1]),
+        model_sha256=embedder.sha256,
+        vectors=vectors.tolist(),
+        coarse_probs=None if probs is None else probs.tolist(),
+    )

@@ -1,0 +1,161 @@
+"""Request and response bodies of the API, kept apart from the index and model types."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_K = 1000  # the hard ceiling; a server may set a lower one (ServeSettings.max_k)
+MAX_BATCH = 100_000  # schema ceiling on vectors/ids; the server's own limit is lower
+
+Vector = list[float]
+ItemId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # FAISS ids are int64
+# a class name as stored in the index, or a number: the class's position in the index's list;
+# strict: a JSON float (2.5, 1e10) is refused, not truncated into some class number
+Label = str | Annotated[int, Field(strict=True)]
+
+
+def _check_finite(vectors: list[Vector] | None) -> list[Vector] | None:
+    if vectors is None:
+        return None
+    for i, v in enumerate(vectors):
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError(f"vector {i} has NaN or infinite values")
+    return vectors
+
+
+class Filter(BaseModel):
+    """Search only among items matching every given field (applied inside the FAISS search)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    coarse: list[Label] | None = Field(default=None, description="Coarse labels to keep.")
+    fine: list[Label] | None = Field(default=None, description="Fine labels to keep.")
+    ids: list[ItemId] | None = Field(default=None, description="Item ids to keep.")
+
+
+class SearchRequest(BaseModel):
+    """Queries as `vectors` (one per row) or as stored `ids` (the item itself is never returned)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vectors: list[Vector] | None = Field(default=None, max_length=MAX_BATCH)
+    ids: list[ItemId] | None = Field(default=None, max_length=MAX_BATCH)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    filter: Filter | None = None
+    with_metadata: bool = True
+
+    @field_validator("vectors")
+    @classmethod
+    def _finite(cls, vectors: list[Vector] | None) -> list[Vector] | None:
+        return _check_finite(vectors)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchRequest:
+        if (self.vectors is None) == (self.ids is None):
+            raise ValueError("give exactly one of `vectors` and `ids`")
+        if not (self.vectors or self.ids):
+            raise ValueError("give at least one query")
+        return self
+
+
+class ItemMetadata(BaseModel):
+    id: int
+    path: str | None = None
+    coarse: str | None = None
+    fine: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="The other manifest columns.")
+
+
+class Neighbor(BaseModel):
+    id: int
+    score: float = Field(description="Cosine similarity, higher is closer.")
+    rank: int = Field(description="0 for the closest.")
+    metadata: ItemMetadata | None = None
+
+
+class CoarseGuess(BaseModel):
+    index: int = Field(description="Output of the model's coarse head.")
+    label: str = Field(description="The class as stored in the index metadata.")
+    probability: float
+
+
+class QueryResult(BaseModel):
+    neighbors: list[Neighbor]
+    coarse: list[CoarseGuess] | None = Field(
+        default=None, description="Predicted coarse classes (image queries, coarse head only)."
+    )
+    gated_to: list[str] | None = Field(
+        default=None, description="Coarse labels searched among when gate=coarse."
+    )
+
+
+class SearchResponse(BaseModel):
+    results: list[QueryResult]
+    took_ms: float
+
+
+class EmbedResponse(BaseModel):
+    dim: int
+    model_sha256: str
+    vectors: list[Vector]
+    coarse_probs: list[Vector] | None = None
+
+
+class NewItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: ItemId
+    vector: Vector | None = Field(default=None, description="Omit when images are uploaded.")
+    path: str | None = None
+    coarse: Label | None = None
+    fine: Label | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("vector")
+    @classmethod
+    def _finite(cls, vector: Vector | None) -> Vector | None:
+        _check_finite(None if vector is None else [vector])
+        return vector
+
+
+class AddItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[NewItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class DeleteItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[ItemId] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ItemsChanged(BaseModel):
+    added: int = 0
+    removed: int = 0
+    missing: list[int] = Field(default_factory=list, description="Ids not in the index.")
+    ntotal: int
+
+
+class ItemsPage(BaseModel):
+    total: int
+    offset: int
+    items: list[ItemMetadata]
+
+
+class IndexSummary(BaseModel):
+    ntotal: int
+    dim: int
+    model_sha256: str | None
+    coarse_classes: list[str] | None
+    report_url: str | None
+    loaded_at: float | None
+    manifest: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "failed"]
+    message: str | None = None

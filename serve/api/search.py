@@ -1,0 +1,232 @@
+"""What a search request does, apart from HTTP: filters to allowed ids, the FAISS call under the
+read lock, self-exclusion for queries by id, the coarse gate, and neighbours with metadata.
+
+All functions here are blocking; the routes run them in the server's thread pool.
+"""
+
+# FAISS names its results D (scores) and I (ids)
+# ruff: noqa: E741
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from coins.serve.api.errors import ApiError
+from coins.serve.api.observability import Metrics
+from coins.serve.api.schemas import CoarseGuess, Filter, ItemMetadata, Neighbor, QueryResult
+from coins.serve.api.state import Index, ServiceState
+
+
+def normalise(xq: np.ndarray, dim: int) -> np.ndarray:
+    """Queries as float32 [nq, dim] of unit norm (cosine scores); 422 on a wrong shape or zero."""
+    if xq.ndim != 2 or xq.shape[1] != dim:
+        raise ApiError(
+            422, f"expected query vectors of dimension {dim}, got shape {list(xq.shape)}"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(xq, axis=1, keepdims=True)  # [nq, 1]
+    if not np.all(np.isfinite(xq)) or not np.all(np.isfinite(norms)):
+        raise ApiError(422, "query vectors must be finite (no NaN, no infinity, no overflow)")
+    if np.any(norms == 0):
+        raise ApiError(422, "a query vector is all zeros; cosine similarity is undefined")
+    return np.ascontiguousarray(xq / norms, dtype=np.float32)
+
+
+def _union(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    if not arrays:
+        return np.empty(0, dtype=np.int64)
+    return functools.reduce(np.union1d, arrays).astype(np.int64)
+
+
+def label_ids(
+    state: ServiceState, *, coarse: Sequence[str] = (), fine: Sequence[str] = ()
+) -> np.ndarray:
+    """Ids whose coarse class name is in `coarse` (or fine in `fine`), sorted."""
+    parts = [state.ids_where("coarse", c) for c in coarse]
+    parts += [state.ids_where("fine", f) for f in fine]
+    return _union(parts)
+
+
+def class_names(index: Index, level: str) -> list[str]:
+    """The numbered classes of `level` ("coarse" or "fine") in the index's manifest: the name at
+    position n is class number n. Empty when the index numbers none."""
+    manifest = index.manifest  # an IndexManifest, or a plain mapping (tests' fakes)
+    if isinstance(manifest, dict):
+        classes = manifest.get("classes")
+    else:
+        classes = getattr(manifest, "classes", None)
+    return [str(c) for c in (classes or {}).get(level) or ()]
+
+
+def class_labels(index: Index, level: str, labels: Sequence[str | int]) -> list[str]:
+    """A filter's labels as class names: a number is a position in the index's class list,
+    resolved here so that one out of range is the client's error (422), named with the range."""
+    names: list[str] | None = None
+    out = []
+    for label in labels:
+        if isinstance(label, str):
+            out.append(label)
+            continue
+        names = class_names(index, level) if names is None else names
+        if not 0 <= label < len(names):
+            raise ApiError(422, f"filter.{level}: no class number {label}; {_known(names, level)}")
+        out.append(names[label])
+    return out
+
+
+def _known(names: list[str], level: str) -> str:
+    if not names:
+        return f"this index numbers no {level} classes: give class names"
+    shown = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
+    return f"expected 0..{len(names) - 1} or a {level} class name ({shown})"
+
+
+def allowed_ids(state: ServiceState, f: Filter | None) -> np.ndarray | None:
+    """The ids a filter keeps (every given field must match), or None for no filter; 422 for a
+    class number the index does not have."""
+    if f is None:
+        return None
+    index = state.index
+    assert index is not None
+    kept: list[np.ndarray] = []
+    if f.coarse is not None:
+        kept.append(label_ids(state, coarse=class_labels(index, "coarse", f.coarse)))
+    if f.fine is not None:
+        kept.append(label_ids(state, fine=class_labels(index, "fine", f.fine)))
+    if f.ids is not None:
+        kept.append(np.unique(np.asarray(f.ids, dtype=np.int64)))
+    if not kept:
+        return None
+    return functools.reduce(np.intersect1d, kept).astype(np.int64)
+
+
+def intersect(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return np.intersect1d(a, b).astype(np.int64)
+
+
+def knn(
+    state: ServiceState,
+    metrics: Metrics,
+    xq: np.ndarray,
+    k: int,
+    *,
+    allowed: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    with_metadata: bool = True,
+) -> list[list[Neighbor]]:
+    """Top-k neighbours of each row of `xq` [nq, D]; `exclude` [nq] drops one id per query."""
+    index = state.index
+    assert index is not None
+    nq = len(xq)
+    if allowed is not None and allowed.size == 0:
+        return [[] for _ in range(nq)]
+    extra = 0 if exclude is None else 1
+    kk = max(1, min(k + extra, index.ntotal))
+    with metrics.time_stage("search"), state.lock.read():
+        D, I = index.search(xq, kk, allowed)  # [nq, kk] each
+    rows = []
+    for q in range(nq):
+        keep = I[q] >= 0
+        if exclude is not None:
+            keep &= I[q] != exclude[q]
+        rows.append((I[q][keep][:k], D[q][keep][:k]))
+    meta = _metadata(state, metrics, rows) if with_metadata else {}
+    return [
+        [
+            Neighbor(id=int(i), score=float(s), rank=r, metadata=meta.get(int(i)))
+            for r, (i, s) in enumerate(zip(ids, scores, strict=True))
+        ]
+        for ids, scores in rows
+    ]
+
+
+def _metadata(
+    state: ServiceState, metrics: Metrics, rows: list[tuple[np.ndarray, np.ndarray]]
+) -> dict[int, ItemMetadata]:
+    ids = np.unique(np.concatenate([i for i, _ in rows] or [np.empty(0, np.int64)]))
+    if ids.size == 0:
+        return {}
+    index = state.index
+    assert index is not None
+    with metrics.time_stage("metadata"), state.lock.read():
+        found = index.metadata(ids.astype(np.int64))
+    return {int(i): item_metadata(int(i), m) for i, m in zip(ids, found, strict=True) if m}
+
+
+COLUMNS = ("id", "path", "coarse", "fine")  # the metadata store's own columns
+
+
+def item_metadata(id_: int, row: dict[str, Any]) -> ItemMetadata:
+    """A metadata row of the index (its own columns, then the extra ones) as the API shows it."""
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    extra = {k: v for k, v in row.items() if k not in COLUMNS}
+    return ItemMetadata(
+        id=id_,
+        path=text(row.get("path")),
+        coarse=text(row.get("coarse")),
+        fine=text(row.get("fine")),
+        extra=extra,
+    )
+
+
+def stored_vectors(state: ServiceState, ids: Sequence[int]) -> np.ndarray:
+    """Vectors [n, D] of stored items; 404 naming the ids the index does not hold."""
+    index = state.index
+    assert index is not None
+    xid = np.asarray(ids, dtype=np.int64)
+    with state.lock.read():
+        found = index.metadata(xid)
+        missing = [int(i) for i, m in zip(xid, found, strict=True) if m is None]
+        if missing:
+            raise ApiError(404, f"ids not in the index: {missing[:20]}")
+        return np.asarray(index.reconstruct(xid), dtype=np.float32)
+
+
+def coarse_guesses(probs: np.ndarray, names: list[str] | None, top: int) -> list[list[CoarseGuess]]:
+    """The `top` most probable coarse classes of each row of `probs` [N, C], labelled by the
+    model's class names (as the index stores them), or by number without names."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top]  # [N, top]
+    return [
+        [
+            CoarseGuess(
+                index=int(c), label=str(c) if names is None else names[c], probability=float(p[c])
+            )
+            for c in row
+        ]
+        for p, row in zip(probs, order, strict=True)
+    ]
+
+
+def gated_search(
+    state: ServiceState,
+    metrics: Metrics,
+    xq: np.ndarray,
+    k: int,
+    guesses: list[list[CoarseGuess]],
+    *,
+    allowed: np.ndarray | None,
+    with_metadata: bool,
+) -> list[QueryResult]:
+    """Search each query only among items of its predicted coarse classes (queries grouped)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for q, g in enumerate(guesses):
+        groups.setdefault(tuple(sorted(c.label for c in g)), []).append(q)
+    results: list[QueryResult | None] = [None] * len(xq)
+    for labels, queries in groups.items():
+        gate = intersect(label_ids(state, coarse=labels), allowed)
+        found = knn(state, metrics, xq[queries], k, allowed=gate, with_metadata=with_metadata)
+        for q, neighbors in zip(queries, found, strict=True):
+            results[q] = QueryResult(neighbors=neighbors, coarse=guesses[q], gated_to=list(labels))
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]

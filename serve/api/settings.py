@@ -1,0 +1,73 @@
+"""How the search service is configured: flags of `coins serve`, or `COINS_*` environment variables.
+
+Every limit the API enforces lives here, so an operator reads them in one place and tests can
+shrink them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# one number of a query vector as JSON: the longest float repr is 24 bytes
+# ("-2.2250738585072014e-308"), then ", " and a little room for indentation
+JSON_NUMBER_BYTES = 32
+FILTER_BYTES = 2**20  # room in a search body beyond the query vectors: a filter of ~50,000 ids
+
+
+def _cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+class ServeSettings(BaseSettings):
+    """Settings of one server; `COINS_INDEX_DIR=... COINS_MODEL=... coins serve` works too."""
+
+    model_config = SettingsConfigDict(env_prefix="COINS_", extra="forbid")
+
+    index_dir: Path  # built by `coins index`
+    model: Path  # exported by `coins export`; its sha256 must match the index manifest
+    host: str = "127.0.0.1"  # loopback unless asked: the admin routes trust the network less
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: SecretStr | None = None  # enables the admin routes (items, reload) and guards them
+    report_dir: Path | None = None  # a `coins report` folder, linked from the web page
+    workers: int = Field(default_factory=_cores, ge=1)  # search/embed thread pool
+    threads: int = Field(default_factory=_cores, ge=1)  # ONNX Runtime intra-op threads
+    faiss_threads: int = Field(default=1, ge=1)  # per search call; the pool gives parallelism
+    max_k: int = Field(default=1000, ge=1)
+    max_vectors: int = Field(default=1024, ge=1)  # query vectors or ids per request
+    max_images: int = Field(default=32, ge=1)  # images per request
+    max_image_bytes: int = Field(default=10 * 2**20, ge=1)  # one uploaded file
+    max_request_bytes: int = Field(default=64 * 2**20, ge=1)  # a whole request body
+    max_image_pixels: int = Field(default=40_000_000, ge=1)  # decompression-bomb limit
+    # longest side / shortest side of an uploaded image, read from the header before decoding;
+    # beyond it the model's centre crop would see under 1/32 of the image: refused with a 422
+    max_image_aspect: float = Field(default=32.0, ge=1)
+    # time limits on reading a request (408 past them): uvicorn has none for the body, so a
+    # client sending one byte a minute would hold a worker's request open for hours
+    body_idle_timeout_s: float = Field(default=15.0, gt=0)  # between two chunks of a body
+    body_timeout_s: float = Field(default=120.0, gt=0)  # a whole body (64 MiB at ~5 Mbit/s)
+    # the request line and headers, from connection open or from the end of the last response
+    # (uvicorn's h11 server has no such limit: an idle or dribbling connection stays forever)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_timeout_s: int = Field(default=5, ge=1)  # idle keep-alive connection, uvicorn's
+    # uvicorn's limit_concurrency: beyond this many connections or tasks, requests get 503; open
+    # connections count, idle or not, so it caps load rather than stopping a flood of sockets
+    max_connections: int | None = Field(default=None, ge=1)
+    max_items_add: int = Field(default=10_000, ge=1)  # items per admin add
+    persist: bool = True  # save the index after an admin add or delete
+    # folders whose image files admin adds may name and thumbnails may show, besides the gallery
+    # folders the index manifest records (`roots`); an index built from a data set without image
+    # files records none, and then admin adds with a `path` are refused (422) unless given here
+    image_roots: list[Path] = Field(default_factory=list)
+
+    def max_search_bytes(self, dim: int) -> int:
+        """Bytes a /v1/search body may have, checked before it is parsed: `max_vectors` vectors
+        of `dim` numbers at JSON_NUMBER_BYTES each, plus FILTER_BYTES for k, a filter and
+        whitespace, and never more than `max_request_bytes`. Parsing JSON costs ~30x its size
+        in Python objects: a body is refused by its size (413) before that, not after."""
+        vectors = self.max_vectors * (dim * JSON_NUMBER_BYTES + 2)
+        return min(self.max_request_bytes, vectors + FILTER_BYTES)

@@ -1,0 +1,1 @@
+"""The FAISS index on disk: build, choose, tune, store, metadata, evaluate and query offline."""

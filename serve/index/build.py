@@ -1,0 +1,268 @@
+"""Build an index directory: from vectors, from an ONNX model and a gallery, or from shards.
+
+`build_index` chooses the FAISS index (`choose_index`), trains it on a seeded sample, adds the
+vectors with their ids, tunes nprobe / efSearch against exact search (`tune`) and saves the
+directory. The two other entry points only gather ids, vectors, rows and provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from coins.serve.index.choice import choose_index, train_size
+from coins.serve.index.manifest import (
+    IndexManifest,
+    Tuning,
+    gallery_roots,
+    library_versions,
+    now_utc,
+)
+from coins.serve.index.store import (
+    IndexUpdateError,
+    SearchIndex,
+    check_ids,
+    check_rows,
+    check_vectors,
+    new_faiss_index,
+)
+from coins.serve.index.tuning import ground_truth, tune
+
+TUNE_QUERIES = 1000  # held-out queries for tuning (a sample of the vectors, added after)
+TUNE_K = 10  # tuning targets 10-recall@10
+ADD_BLOCK = 65536  # vectors per add_with_ids call
+
+
+class IndexBuildError(ValueError):
+    """An index that cannot be built from these vectors (e.g. too few to train it)."""
+
+
+def build_index(
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    rows: list[dict[str, Any]],
+    out_dir: str | Path,
+    index_key: str = "auto",
+    model_sha256: str | None = None,
+    preprocess: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+    target_recall: float = 0.95,
+    max_memory: int | None = None,
+    classes: dict[str, list[str]] | None = None,
+    tune_queries: int = TUNE_QUERIES,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> SearchIndex:
+    """Build, tune and save an index of L2-normalised `vectors` [n, D] with int64 `ids` [n] and
+    one metadata row each. `index_key`: auto, flat, hnsw, ivf, ivfpq or a FAISS factory string.
+    `classes` numbers the class names (default: sorted names of the rows)."""
+    xb = check_vectors(vectors, None, "vectors")
+    ids = check_ids(ids, len(xb))
+    rows = check_rows(rows, ids)
+    n, d = xb.shape
+    choice = choose_index(index_key, n, d, max_memory)
+    index, key = new_faiss_index(choice.key, d)
+    rng = np.random.default_rng(seed)
+    _train(index, key, xb, rng)
+    params, tuning = _add_and_tune(index, ids, xb, rng, tune_queries, target_recall)
+    manifest = IndexManifest(
+        dim=d,
+        index_key=key,
+        count=n,
+        files={},
+        requested_key=index_key,
+        choice_reason=choice.reason,
+        index_params=params,
+        tuning=tuning,
+        model_sha256=model_sha256,
+        preprocess=preprocess,
+        source=source or {},
+        roots=gallery_roots(source or {}, rows),
+        classes=classes or class_lists(rows),
+        created=now_utc(),
+        versions=library_versions(),
+    )
+    return SearchIndex.create(index, rows, manifest, out_dir, overwrite=overwrite)
+
+
+def _add_and_tune(
+    index: faiss.Index,
+    ids: np.ndarray,
+    xb: np.ndarray,
+    rng: np.random.Generator,
+    tune_queries: int,
+    target_recall: float,
+) -> tuple[dict[str, int], Tuning | None]:
+    """Add all vectors; tune on a sample of them held out until tuning is done.
+
+    The queries are added after tuning, not before: an HNSW search that starts from a graph
+    holding the query itself finds its neighbours more easily than a new query would, and the
+    recall measured so overestimates (by 0.005 at 1M vectors in benchmarks/bench_index.py).
+    """
+    n = len(xb)
+    nq = min(tune_queries, n // 10)  # a tenth at most: tiny indexes keep most of their items
+    if nq < 1:
+        index.add_with_ids(xb, ids)
+        return {}, None
+    held_out = np.zeros(n, dtype=bool)
+    held_out[rng.choice(n, size=nq, replace=False)] = True
+    for start in range(0, n, ADD_BLOCK):  # in blocks: no copy of all of xb
+        block = slice(start, start + ADD_BLOCK)
+        index.add_with_ids(xb[block][~held_out[block]], ids[block][~held_out[block]])
+    xq = xb[held_out]  # [nq, D]
+    gt = ground_truth(xq, xb, ids, min(TUNE_K, n - nq), keep=~held_out)
+    params, tuning = tune(index, xq, gt, None, target_recall)
+    index.add_with_ids(xq, ids[held_out])
+    return params, tuning
+
+
+def _train(index: faiss.Index, key: str, xb: np.ndarray, rng: np.random.Generator) -> None:
+    """Train on a seeded sample of the vectors (k-means of IVF, PQ codebooks)."""
+    if index.is_trained:
+        return
+    size = train_size(key, len(xb)) or len(xb)
+    sample = xb[np.sort(rng.choice(len(xb), size=size, replace=False))]
+    try:
+        index.train(sample)
+    except RuntimeError as e:
+        raise IndexBuildError(
+            f"cannot train {key!r} on {size:,} of {len(xb):,} vectors: {str(e).splitlines()[-1]}"
+        ) from e
+
+
+def class_lists(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Sorted class names per level, from the rows."""
+    return {
+        level: sorted({str(r[level]) for r in rows if r.get(level) is not None})
+        for level in ("coarse", "fine")
+    }
+
+
+def append_to_index(
+    index_dir: str | Path,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    rows: list[dict[str, Any]],
+    model_sha256: str | None = None,
+    source: dict[str, Any] | None = None,
+) -> SearchIndex:
+    """Add items to an existing index directory and save it; the model must be the same.
+    `source` is the gallery they come from (its folders join the manifest's `roots`)."""
+    index = SearchIndex.load(index_dir, model_sha256=model_sha256)
+    _add_and_save(index, ids, vectors, rows, source)
+    return index
+
+
+def _add_and_save(
+    index: SearchIndex,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    rows: list[dict[str, Any]],
+    source: dict[str, Any] | None,
+) -> None:
+    """Add items and save; the folders of their images join the manifest's `roots` (an
+    operator's append is trusted, unlike an admin add over HTTP, which must stay inside)."""
+    index.add(ids, vectors, rows)
+    index.manifest.roots = gallery_roots(source or {}, rows, index.manifest.roots)
+    index.save()
+
+
+def remove_from_index(index_dir: str | Path, ids: np.ndarray) -> SearchIndex:
+    """Remove ids from an index directory and save it (refused by HNSW indexes)."""
+    index = SearchIndex.load(index_dir)
+    index.remove(ids)
+    index.save()
+    return index
+
+
+def build_index_from_embeddings(
+    dirs: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    append: bool = False,
+    **options: Any,
+) -> SearchIndex:
+    """Build (or, with `append`, extend) an index from `coins embed` shard directories."""
+    from coins.retrieval.shards import read_embedding_shards
+
+    folders = [dirs] if isinstance(dirs, str | Path) else list(dirs)
+    ids, xb, rows, info = read_embedding_shards(folders)
+    if append:
+        return append_to_index(
+            out_dir, ids, xb, rows, info["model_sha256"], {"sources": info["sources"]}
+        )
+    sources = info["sources"]
+    source = {"embeddings": [str(Path(f).resolve()) for f in folders]}
+    source |= sources[0] if len(sources) == 1 else {"kind": "embeddings", "sources": sources}
+    return build_index(
+        ids,
+        xb,
+        rows,
+        out_dir,
+        model_sha256=info["model_sha256"],
+        preprocess=info["preprocess"],
+        source=source,
+        **options,
+    )
+
+
+def build_index_from_model(
+    model_path: str | Path,
+    out_dir: str | Path,
+    dataset: str | None = None,
+    split: str | None = None,
+    root: str | Path | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    images: str | Path | None = None,
+    manifest: str | Path | None = None,
+    append: bool = False,
+    batch_size: int = 64,
+    strict: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> tuple[SearchIndex, list[tuple[Path, str]]]:
+    """Embed a gallery (a data set split, a folder of images or a CSV manifest) with an ONNX
+    model and build (or extend) an index of it. Also returns the images skipped as
+    undecodable (an error instead when `strict`)."""
+    from coins.retrieval.onnx.runner import OnnxEmbedder, gallery_source
+    from coins.retrieval.shards import embed_items
+
+    model = OnnxEmbedder(model_path, threads=threads)
+    gallery = gallery_source(dataset, split, root, dataset_options, images, manifest)
+    existing = None
+    if append:  # check before embedding: a wrong model would waste the whole pass
+        existing = SearchIndex.load(out_dir, model_sha256=model.sha256)
+    elif (Path(out_dir) / "index.json").exists() and not options.get("overwrite"):
+        raise IndexUpdateError(f"{out_dir} already holds an index; pass append, or another dir")
+    done = embed_items(model, gallery, batch_size, strict, progress)
+    ids, rows = done.ids, done.rows
+    failed = [(Path(s["path"]), s["reason"]) for s in done.skipped]
+    if existing is not None:
+        _add_and_save(existing, ids, done.vectors, rows, gallery.source)
+        return existing, failed
+    index = build_index(
+        ids,
+        done.vectors,
+        rows,
+        out_dir,
+        model_sha256=model.sha256,
+        preprocess=model.metadata.get("preprocess"),
+        source=gallery.source,
+        classes=model_classes(model.coarse_classes, rows),
+        **options,
+    )
+    return index, failed
+
+
+def model_classes(coarse: list[str] | None, rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Class numbering: the model's coarse classes in its order (then names only the rows
+    have), sorted names otherwise."""
+    classes = class_lists(rows)
+    if coarse:
+        extra = [c for c in classes["coarse"] if c not in coarse]
+        classes["coarse"] = [str(c) for c in coarse] + extra
+    return classes

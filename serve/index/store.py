@@ -1,0 +1,483 @@
+"""The on-disk search index: a FAISS index with int64 ids, SQLite metadata and a manifest.
+
+An index directory holds `index.json` (the manifest, `IndexManifest`), `index-GGGGGG.faiss` and
+`metadata-GGGGGG.sqlite`, G the generation. Files of a generation are written once and never
+changed; a save writes the next generation's files, then replaces `index.json` (one atomic
+rename: the commit), then deletes the files no save can commit any more (older generations,
+temporary files of killed saves). A crash at any point thus leaves a manifest whose files exist
+and match its checksums. One writer at a time.
+
+Vectors are L2-normalised and compared by inner product (cosine). Indexes with an inverted
+file keep their own ids (with a hash-table direct map, for `reconstruct` and `remove`); every
+other index is wrapped in `IDMap2`.
+"""
+
+# FAISS names its results D (scores) and I (ids); E741 would rename I.
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from coins.retrieval.atomic import atomic_path
+from coins.serve.index.manifest import (
+    MANIFEST_NAME,
+    FileRecord,
+    IndexLoadError,
+    IndexManifest,
+    now_utc,
+)
+from coins.serve.index.metadata import MetadataError, MetadataStore
+from coins.serve.index.tuning import HNSW_EF_MAX, hnsw_of, inner_index, ivf_of, set_knob
+
+__all__ = [
+    "IndexLoadError",
+    "IndexUpdateError",
+    "SearchIndex",
+    "UnknownIdError",
+    "check_vectors",
+    "new_faiss_index",
+]
+
+_faiss: Any = faiss  # the bundled faiss stubs lack SearchParameters* keywords and DirectMap
+NORM_TOL = 1e-3  # stored vectors must have |x| within this of 1
+_GENERATION_FILE = re.compile(r"^(index|metadata)-(\d{6})\.(faiss|sqlite)$")
+# what `atomic_path` writes before its rename, e.g. `.index-000007.faiss.k3j9x_q.tmp`
+_GENERATION_TMP = re.compile(r"^\.(index|metadata)-(\d{6})\.(faiss|sqlite)\..+\.tmp$")
+_MANIFEST_TMP = re.compile(r"^\." + re.escape(MANIFEST_NAME) + r"\..+\.tmp$")
+STALE_TMP_SECONDS = 600.0  # a manifest's temporary file older than this is a killed save's
+
+
+class IndexUpdateError(ValueError):
+    """An add or remove the index refuses: bad ids, or a type that cannot remove."""
+
+
+class UnknownIdError(ValueError):
+    """Ids asked for that the index does not hold."""
+
+
+class SearchIndex:
+    """A loaded index directory. Changes (`add`, `remove`) stay in memory and in the next
+    generation's metadata file until `save` commits them."""
+
+    def __init__(
+        self, index: faiss.Index, store: MetadataStore, manifest: IndexManifest, index_dir: Path
+    ) -> None:
+        self.index = index
+        self.manifest = manifest
+        self.index_dir = Path(index_dir)
+        self._store = store
+        self._dirty = False  # changes not yet saved; then _store is the next generation's file
+
+    # ---- loading ----------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, index_dir: str | Path, model_sha256: str | None = None, verify: bool = True
+    ) -> SearchIndex:
+        """Load and check an index directory: checksums (unless `verify` is False), FAISS and
+        metadata counts, dimension and, when given, the hash of the model that made it."""
+        index_dir = Path(index_dir)
+        manifest = IndexManifest.load(index_dir)
+        paths = {role: _checked_file(index_dir, role, manifest, verify) for role in manifest.files}
+        if set(paths) != {"index", "metadata"}:
+            raise IndexLoadError(
+                f"{index_dir}: manifest files {sorted(paths)}, expected index, metadata"
+            )
+        index = _read_faiss(paths["index"])
+        _check_faiss(index, manifest, paths["index"])
+        try:
+            store = MetadataStore(paths["metadata"])
+        except MetadataError as e:
+            raise IndexLoadError(str(e)) from e
+        rows = store.count()
+        if rows != index.ntotal:
+            store.close()
+            raise IndexLoadError(
+                f"{paths['metadata']}: {rows} metadata rows but the FAISS index holds "
+                f"{index.ntotal} vectors; expected one row per vector"
+            )
+        set_knob(index, manifest.index_params)
+        out = cls(index, store, manifest, index_dir)
+        if model_sha256 is not None:
+            out.check_model(model_sha256, manifest.dim)
+        return out
+
+    @classmethod
+    def create(
+        cls,
+        index: faiss.Index,
+        rows: list[dict[str, Any]],
+        manifest: IndexManifest,
+        index_dir: str | Path,
+        overwrite: bool = False,
+    ) -> SearchIndex:
+        """Save a freshly built FAISS index and its rows as a new index directory (or, with
+        `overwrite`, as the next generation of an existing one)."""
+        index_dir = Path(index_dir)
+        if (index_dir / MANIFEST_NAME).exists() and not overwrite:
+            raise IndexUpdateError(
+                f"{index_dir} already holds an index; append to it, or choose another directory"
+            )
+        index_dir.mkdir(parents=True, exist_ok=True)
+        manifest.generation = _last_generation(index_dir)
+        path = index_dir / _file_name("metadata", manifest.generation + 1)
+        path.unlink(missing_ok=True)  # a leftover of a crashed save
+        store = MetadataStore(path, create=True)
+        store.insert(rows)
+        out = cls(index, store, manifest, index_dir)
+        out._dirty = True
+        out.save()
+        return out
+
+    def check_model(self, sha256: str, dim: int) -> None:
+        """Raise IndexLoadError unless the vectors came from this model (dimension, hash)."""
+        if dim != self.dim:
+            raise IndexLoadError(
+                f"{self.index_dir}: the model gives {dim}-d vectors but the index holds "
+                f"{self.dim}-d vectors; use the model the index was built with"
+            )
+        if sha256 != self.manifest.model_sha256:
+            raise IndexLoadError(
+                f"{self.index_dir}: built from model sha256 {self.manifest.model_sha256}, not "
+                f"the given model's {sha256}; embed with the same model or rebuild the index"
+            )
+
+    # ---- reading ----------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def supports_removal(self) -> bool:
+        """Flat-code (Flat, PQ, SQ) and IVF indexes can remove ids; HNSW graphs cannot."""
+        inner = inner_index(self.index)
+        return isinstance(inner, faiss.IndexFlatCodes) or ivf_of(self.index) is not None
+
+    def search(
+        self, xq: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine scores D and ids I [nq, k] of the k nearest stored vectors of each query
+        (queries are L2-normalised here). With `allowed_ids`, only those ids are searched.
+        Rows with fewer than k results end in id -1."""
+        xq = check_vectors(xq, self.dim, "queries", normalise=True)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if allowed_ids is None:
+            return self.index.search(xq, k)
+        allowed = np.ascontiguousarray(np.asarray(allowed_ids, dtype=np.int64).ravel())
+        sel = faiss.IDSelectorBatch(allowed)
+        return self.index.search(xq, k, params=self._search_parameters(sel, len(allowed)))
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors [n, D] of `ids` (exact for Flat/IVF-Flat/HNSW, decoded for PQ)."""
+        ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).ravel())
+        missing = [int(i) for i, row in zip(ids, self._store.get(ids), strict=True) if row is None]
+        if missing:
+            raise UnknownIdError(f"ids not in the index: {missing[:10]}")
+        if len(ids) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self.index.reconstruct_batch(ids)
+
+    def metadata(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
+        """The metadata row of each id (None for an id the index does not hold)."""
+        return self._store.get(np.asarray(ids, dtype=np.int64))
+
+    def ids_where(
+        self, coarse: str | int | None = None, fine: str | int | None = None
+    ) -> np.ndarray:
+        """Ids whose labels match: a str is a class name, an int the class's position in the
+        manifest's class list (the model's order for coarse classes when it has one)."""
+        return self._store.ids_where(
+            coarse=self._class_name("coarse", coarse), fine=self._class_name("fine", fine)
+        )
+
+    def labels(self) -> tuple[np.ndarray, list[str | None], list[str | None]]:
+        """All ids (ascending) with their coarse and fine class names."""
+        return self._store.labels()
+
+    # ---- changing ---------------------------------------------------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: list[dict[str, Any]]) -> int:
+        """Add vectors with new ids and their metadata rows; returns the new total."""
+        ids = check_ids(ids, len(rows))
+        xb = check_vectors(vectors, self.dim, "vectors")
+        if len(xb) != len(ids):
+            raise IndexUpdateError(f"{len(ids)} ids but {len(xb)} vectors")
+        rows = check_rows(rows, ids)
+        taken = [int(i) for i, row in zip(ids, self._store.get(ids), strict=True) if row]
+        if taken:
+            raise IndexUpdateError(f"ids already in the index: {taken[:10]}")
+        self._writable().insert(rows)
+        self.index.add_with_ids(xb, ids)
+        self._extend_classes(rows)
+        return self.ntotal
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove `ids` (all must be present); returns how many were removed."""
+        if not self.supports_removal:
+            raise IndexUpdateError(
+                f"index type {self.manifest.index_key!r} cannot remove vectors (FAISS HNSW "
+                "graphs do not delete nodes); rebuild without these ids, or use flat/ivf/ivfpq"
+            )
+        ids = check_ids(ids, None)
+        missing = [int(i) for i, row in zip(ids, self._store.get(ids), strict=True) if not row]
+        if missing:
+            raise UnknownIdError(f"ids not in the index: {missing[:10]}")
+        sel = faiss.IDSelectorArray(ids)  # an IVF's hash-table direct map takes only arrays
+        removed = int(self.index.remove_ids(sel))
+        deleted = self._writable().delete(ids)
+        assert removed == deleted == len(ids), (removed, deleted, len(ids))
+        return removed
+
+    def save(self) -> None:
+        """Commit: write the next generation's files, then its manifest, then drop the old."""
+        generation = self.manifest.generation + 1
+        index_path = self.index_dir / _file_name("index", generation)
+        with atomic_path(index_path) as tmp:
+            faiss.write_index(self.index, str(tmp))
+            _fsync(tmp)
+        files = {"index": FileRecord.of(index_path)}
+        if self._dirty:
+            self._store.close()  # flush and release, then hash what is on disk
+            _fsync(self._store.path)
+            files["metadata"] = FileRecord.of(self._store.path)
+            self._store = MetadataStore(self._store.path)
+        else:
+            files["metadata"] = self.manifest.files["metadata"]
+        self.manifest.files = files
+        self.manifest.count = self.ntotal
+        self.manifest.generation = generation
+        self.manifest.updated = now_utc()
+        self.manifest.save(self.index_dir)
+        self._dirty = False
+        _remove_unreferenced(self.index_dir, self.manifest)
+
+    # ---- internals --------------------------------------------------------------------
+
+    def _writable(self) -> MetadataStore:
+        """The metadata store of the next generation (a copy, made on the first change)."""
+        if not self._dirty:
+            path = self.index_dir / _file_name("metadata", self.manifest.generation + 1)
+            old = self._store
+            self._store = old.copy_to(path)
+            old.close()
+            self._dirty = True
+        return self._store
+
+    def _search_parameters(self, sel: faiss.IDSelector, allowed: int) -> faiss.SearchParameters:
+        """Parameters carrying `sel` and the index's nprobe / efSearch (a parameters object
+        replaces them: its defaults, nprobe 1 and efSearch 16, would apply).
+
+        **[design]** Both are scaled by ntotal / allowed: a filter keeping 1 item in s leaves
+        1/s of the candidates a search visits, so it visits s times more to find as many.
+        """
+        scale = self.ntotal / max(1, allowed)
+        ivf = ivf_of(self.index)
+        if ivf is not None:
+            nprobe = min(int(ivf.nlist), math.ceil(ivf.nprobe * scale))
+            return _faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        hnsw = hnsw_of(self.index)
+        if hnsw is not None:
+            ef = min(HNSW_EF_MAX, math.ceil(hnsw.hnsw.efSearch * scale))
+            return _faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, hnsw.hnsw.efSearch))
+        return _faiss.SearchParameters(sel=sel)
+
+    def _class_name(self, level: str, value: str | int | None) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        classes = self.manifest.classes.get(level) or []
+        if not 0 <= int(value) < len(classes):
+            raise ValueError(f"{level} class {value} out of range: the index has {len(classes)}")
+        return str(classes[int(value)])
+
+    def _extend_classes(self, rows: list[dict[str, Any]]) -> None:
+        """New class names get the next numbers, so existing numbers keep their meaning."""
+        for level in ("coarse", "fine"):
+            known = self.manifest.classes.setdefault(level, [])
+            for row in rows:
+                name = row.get(level)
+                if name is not None and str(name) not in known:
+                    known.append(str(name))
+
+
+def new_faiss_index(key: str, d: int) -> tuple[faiss.Index, str]:
+    """An empty inner-product index for factory string `key`, ready for `add_with_ids`, and
+    the key actually built: `IDMap2,` is put in front of keys without an inverted file."""
+    index = _factory(key, d)
+    ivf = ivf_of(index)
+    if ivf is not None:
+        ivf.set_direct_map_type(_faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+        return index, key
+    if _is_idmap(index):
+        return index, key
+    key = f"IDMap2,{key}"
+    return _factory(key, d), key
+
+
+def _factory(key: str, d: int) -> faiss.Index:
+    try:
+        return faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(
+            f"not a FAISS factory string for d = {d}: {key!r} ({_first_line(e)})"
+        ) from e
+
+
+def check_vectors(x: np.ndarray, dim: int | None, what: str, normalise: bool = False) -> np.ndarray:
+    """x as C-contiguous float32 [n, dim], finite; of unit norm (normalised if asked)."""
+    x = np.asarray(x)
+    if x.ndim == 1 and normalise:
+        x = x[None, :]
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        raise ValueError(f"{what} must be [n, {dim or 'D'}], got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} must be finite (no NaN or inf)")
+    norm = np.linalg.norm(x, axis=1)  # [n]
+    if normalise:
+        if (norm == 0).any():
+            raise ValueError(f"{what} must be non-zero to compare by cosine")
+        return x / norm[:, None]
+    if len(x) and np.abs(norm - 1).max() > NORM_TOL:
+        bad = int(np.argmax(np.abs(norm - 1)))
+        raise ValueError(f"{what} must be L2-normalised; row {bad} has norm {norm[bad]:.4f}")
+    return x
+
+
+def check_ids(ids: np.ndarray, n: int | None) -> np.ndarray:
+    """ids as unique int64 [n]."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (n is not None and len(ids) != n):
+        raise IndexUpdateError(f"ids must be 1-D with {n} entries, got shape {ids.shape}")
+    if len(ids) and not np.issubdtype(ids.dtype, np.integer):
+        raise IndexUpdateError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):
+        raise IndexUpdateError(f"ids must be unique; repeated: {unique[counts > 1][:10].tolist()}")
+    return ids
+
+
+def check_rows(rows: list[dict[str, Any]], ids: np.ndarray) -> list[dict[str, Any]]:
+    """Rows carry the ids, in order (a row without an id gets it)."""
+    out = []
+    for row, i in zip(rows, ids, strict=True):
+        if row.get("id", int(i)) != int(i):
+            raise IndexUpdateError(f"metadata row {row!r} does not have id {int(i)}")
+        out.append({**row, "id": int(i)})
+    return out
+
+
+def _checked_file(index_dir: Path, role: str, manifest: IndexManifest, verify: bool) -> Path:
+    record = manifest.files[role]
+    path = index_dir / record.name
+    if not path.is_file():
+        raise IndexLoadError(f"{path}: the {role} file named by {MANIFEST_NAME} is missing")
+    size = path.stat().st_size
+    if size != record.bytes:
+        raise IndexLoadError(
+            f"{path}: {size} bytes, {MANIFEST_NAME} says {record.bytes} (truncated or replaced)"
+        )
+    if verify:
+        digest = FileRecord.of(path).sha256
+        if digest != record.sha256:
+            raise IndexLoadError(
+                f"{path}: checksum mismatch, sha256 {digest} but {MANIFEST_NAME} says "
+                f"{record.sha256} (the file was changed or is corrupt)"
+            )
+    return path
+
+
+def _read_faiss(path: Path) -> faiss.Index:
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise IndexLoadError(f"{path}: not a readable FAISS index ({_first_line(e)})") from e
+
+
+def _check_faiss(index: faiss.Index, manifest: IndexManifest, path: Path) -> None:
+    if index.d != manifest.dim:
+        raise IndexLoadError(f"{path}: dimension {index.d}, {MANIFEST_NAME} says {manifest.dim}")
+    if index.ntotal != manifest.count:
+        raise IndexLoadError(
+            f"{path}: {index.ntotal} vectors, {MANIFEST_NAME} says {manifest.count}"
+        )
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexLoadError(
+            f"{path}: expected an inner-product index, got metric {index.metric_type}"
+        )
+
+
+def _is_idmap(index: faiss.Index) -> bool:
+    return isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2)
+
+
+def _file_name(role: str, generation: int) -> str:
+    suffix = "faiss" if role == "index" else "sqlite"
+    return f"{role}-{generation:06d}.{suffix}"
+
+
+def _last_generation(index_dir: Path) -> int:
+    """The highest generation named by the manifest or by any file in the directory."""
+    found = [int(m.group(2)) for p in index_dir.iterdir() if (m := _GENERATION_FILE.match(p.name))]
+    # no manifest, or an unreadable one being overwritten: the file names suffice
+    with contextlib.suppress(IndexLoadError):
+        found.append(IndexManifest.load(index_dir).generation)
+    return max(found, default=0)
+
+
+def _remove_unreferenced(index_dir: Path, manifest: IndexManifest) -> None:
+    """Delete the files no save can commit any more: generation files the manifest does not
+    name (older versions, crashed saves) and temporary files of killed saves.
+
+    **[design]** A file of generation G, finished or temporary, is dead once G is at most the
+    committed generation: the save that wrote it committed, or was killed. Files of later
+    generations are kept, as another process's save may be writing them now; the save that
+    commits their generation deletes them. A manifest's temporary file names no generation: it
+    goes once it is STALE_TMP_SECONDS old (a manifest is written in milliseconds).
+    """
+    keep = {record.name for record in manifest.files.values()}
+    for path in index_dir.iterdir():
+        if m := _GENERATION_FILE.match(path.name) or _GENERATION_TMP.match(path.name):
+            dead = int(m.group(2)) <= manifest.generation and path.name not in keep
+        elif _MANIFEST_TMP.match(path.name):
+            dead = _age_seconds(path) > STALE_TMP_SECONDS
+        else:
+            continue
+        if dead:
+            path.unlink(missing_ok=True)
+
+
+def _age_seconds(path: Path) -> float:
+    """Seconds since `path` was last written (0 if it is gone already)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__

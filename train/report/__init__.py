@@ -1,0 +1,1 @@
+"""What a trained run shows: attention maps, figures, retrieval grids and the runs report."""
