@@ -113,7 +113,8 @@ class Augment:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Augment:
         check_fields(cls, d, "augment keys")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from .checkpoint import load_embedder
 from .data import RetrievalDataset, TransformedDataset, build_dataset, eval_transform
 from .metrics import retrieval_metrics
 from .models import Embedder, EmbedderConfig, Which
-from .presets import model_preset
+from .presets import preset_for_data
 
 Metrics = dict[str, dict[str, float] | None]
 
@@ -105,12 +105,17 @@ def evaluate_model_on(
     seed: int = 0,
     json_path: str | Path | None = None,
 ) -> Metrics:
-    """`coins eval`: a checkpoint, or a seeded random embedder, on a data set split."""
+    """`coins eval`: a checkpoint, or a seeded random embedder, on a data set split.
+
+    The random embedder is `model_config`, else that of the data set's preset (for csv and
+    folder galleries, of the image kind closest to their first image).
+    """
     if checkpoint is not None:
         model = load_embedder(checkpoint)
     else:
+        config = model_config or preset_for_data(dataset, root, options)[0].model
         torch.manual_seed(seed)
-        model = Embedder(model_config or model_preset(dataset))
+        model = Embedder(config)
     data = build_dataset(dataset, split=split, root=root, **(options or {}))
     metrics = evaluate(model, data, which=which, batch_size=batch_size, device=device)
     if json_path is not None:

@@ -141,7 +141,10 @@ def fake_gallery(
         {"id": int(i), "path": paths[j], "coarse": COARSE[j % 3], "fine": str(j % 6), "colour": j}
         for j, i in enumerate(ids)
     ]
-    return FakeIndex(ids, xb, rows)
+    index = FakeIndex(ids, xb, rows)
+    if image_dir is not None:  # the gallery folder, as `coins index` records it
+        index.manifest["roots"] = [str(image_dir)]
+    return index
 
 
 class FakeArtifacts:

@@ -82,6 +82,9 @@ def test_folder_tree(tmp_path: Path) -> None:
     loose = data[2]
     assert loose.fine is None and loose.id == 2 and loose.image.mode == "L"
     assert data[8].fine == 3 and data[8].image.getpixel((0, 0)) == (50, 0, 205)
+    # `coins train` reads split `train`: the message says how to make one
+    with pytest.raises(DatasetError, match=r"no split folders .* only split is `all`, not 'train'"):
+        build_dataset("folder", "train", root=tmp_path)
 
 
 def test_folder_split_layout(tmp_path: Path) -> None:
@@ -160,6 +163,10 @@ def test_csv_without_optional_columns(tmp_path: Path) -> None:
             "path,coarse,id\na.png,x,1\nb.png,y,1\n",
             "line 3: expected unique ids, 1 is also on line 2",
         ),
+        (
+            "path,coarse,id,split\na.png,x,1,all\nb.png,y,1,all\n",
+            "line 3: expected unique ids within split 'all', 1 is also on line 2",
+        ),
         ("path,coarse,id\na.png,x,one\n", "line 2: expected an integer id, got 'one'"),
         ("path,coarse\na.png,\n", r"line 2: expected a value in column\(s\) \['coarse'\]"),
         ("path,coarse\na.png,x,extra\n", "line 2: expected 2 cells, got 3"),
@@ -183,7 +190,30 @@ def test_csv_bad_files_fail_on_access(tmp_path: Path) -> None:
         data[0]
     with pytest.raises(DatasetError, match=r"broken.png: expected a readable image \(JPEG/PNG"):
         data[1]
-    with pytest.raises(DatasetError, match=r"unknown split 'train'.*\['all'\]"):
-        build_dataset("csv", root=manifest)
     with pytest.raises(DatasetError, match=r"nope\.csv: expected a CSV manifest"):
         build_dataset("csv", "all", root=tmp_path / "nope.csv")
+    with pytest.raises(DatasetError, match=r"manifest\.csv: expected a CSV manifest file \(or a"):
+        build_dataset("csv", "all", root=tmp_path)  # a folder without manifest.csv
+
+
+def test_csv_without_a_split_column_says_what_to_add_for_training(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png", 1)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,coarse\na.png,x\n")
+    assert dataset_splits("csv", manifest) == ("all",)
+    with pytest.raises(
+        DatasetError,
+        match=r"m\.csv has no `split` column, so its only split is "
+        r"`all`, not 'train'; for `coins train` add a column `split`",
+    ):
+        build_dataset("csv", "train", root=manifest)
+
+
+def test_csv_ids_need_to_be_unique_within_a_split_only(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png", 1)
+    (tmp_path / "manifest.csv").write_text(
+        "path,coarse,id,split\na.png,x,0,train\na.png,y,1,train\na.png,x,0,test\n"
+    )
+    train = build_dataset("csv", "train", root=tmp_path)  # a folder holding manifest.csv
+    test = build_dataset("csv", "test", root=tmp_path)
+    assert train.ids.tolist() == [0, 1] and test.ids.tolist() == [0]

@@ -18,6 +18,7 @@ from coins.retrieval.evaluate import metrics_from_embeddings
 from coins.retrieval.models import Embedder, EmbedderConfig
 from coins.retrieval.onnx.export import export_model
 from coins.retrieval.onnx.runner import OnnxEmbedder
+from coins.serve.index.build import build_gallery_index
 from coins.serve.index.store import IndexLoadError, SearchIndex
 
 runner = CliRunner()
@@ -143,3 +144,13 @@ def test_search_needs_exactly_one_query(built) -> None:
     assert result.exit_code == 2 and "exactly one query" in result.output
     bad = runner.invoke(app, ["search", str(out.parent), "--id", "1"])
     assert bad.exit_code == 2 and "no index manifest" in bad.output
+
+
+def test_index_takes_a_model_or_shards_not_both(built, tmp_path) -> None:
+    model, _ = built
+    with pytest.raises(ValueError, match="got neither"):
+        build_gallery_index(tmp_path / "x")
+    both = ["index", str(model), "--from-embeddings", str(tmp_path), "-o", str(tmp_path / "y")]
+    result = runner.invoke(app, both)
+    assert result.exit_code == 2 and "got both" in result.output
+    assert not (tmp_path / "y").exists()

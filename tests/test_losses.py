@@ -1,6 +1,6 @@
 """Each loss against a slow, explicit reference (loops, scalar math), then its behaviour.
 
-References follow METHOD.md sections 2 and 4 word by word; the vectorised losses must agree
+References follow docs/method.md#the-losses and #peer-methods; the vectorised losses must agree
 with them in float64 to 1e-6 relative tolerance.
 """
 

@@ -25,7 +25,7 @@ def test_serve_reads_paths_and_settings_from_the_environment(tmp_path) -> None:
 
 def test_query_needs_an_image_an_id_or_recall() -> None:
     result = runner.invoke(app, ["query", "http://127.0.0.1:1"])
-    assert result.exit_code == 2 and "--image FILE or --id N" in result.output
+    assert result.exit_code == 2 and "expected query images or ids" in result.output
 
 
 def test_query_of_a_server_that_is_not_there(tmp_path) -> None:

@@ -7,7 +7,6 @@ loss over the global batch, keys gathered in rank order into the queue.
 
 import json
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -16,7 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from train_fixtures import TINY_DATA, tiny_config
+from typer.testing import CliRunner
 
+from coins.cli import app
 from coins.retrieval.data import build_dataset
 from coins.train import TrainConfig
 from coins.train.builder import CoInsModel
@@ -100,14 +101,16 @@ def test_coins_train_nproc_2_runs_ddp_end_to_end(tmp_path) -> None:
     cfg = tiny_config(method="coinsp", max_steps=3, epochs=2)
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(cfg.to_dict()))  # JSON is YAML
-    cmd = torchrun_command(2, ["--config", str(config), "--out", str(tmp_path / "run")])
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "run"
+    args = ["train", "--nproc", "2", "--config", str(config), "-o", str(run)]
+    done = CliRunner().invoke(app, args)  # torchrun's output goes to the captured fds
+    assert done.exit_code == 0, done.output[-3000:]
     steps = [r for r in read_log(run / "metrics.jsonl") if r["event"] == "step"]
     # rank 0 alone logs; 64 images / (2 ranks x 16) = 2 steps an epoch, stopped at step 3
     assert [(r["epoch"], r["step"]) for r in steps] == [(1, 1), (1, 2), (2, 3)]
     assert "proxy" in steps[-1]  # M = 1: the proxies were clustered and broadcast
     assert set(json.loads((run / "eval.json").read_text())) == {"fine", "coarse"}
     assert (run / "checkpoint.pt").is_file()
-    assert sys.executable in cmd
+    cmd = torchrun_command(2, "c.json", run, resume=True)  # the same interpreter runs the ranks
+    assert cmd[0] == sys.executable
+    assert cmd[-4:] == ["coins.train.launch", "c.json", str(run), "--resume"]

@@ -1,13 +1,6 @@
-"""Every method of the toolkit on one backbone + head: q = normalize(head(backbone(x))).
-
-cos        L_cos                      coarse cosine classifier
-opt        L_cos on fine labels       (reference upper bound, uses fine labels)
-ins        L_ins                      MoCo v2 instance discrimination
-coins      L_ins + alpha L_cos
-coins-imp  L_ins (negatives only from the query's coarse class) + alpha L_cos
-coinsp     coins-imp (or coins) + lambda_P L_proxy after epoch M
-grafit     w SupCon_queue(coarse) + (1 - w) L_ins
-maskcon    MaskCon's soft-target contrastive loss
+"""The model of every method (train/methods.py): q = normalize(head(backbone(x))), plus the
+momentum key encoder and queue (MoCo v2), the cosine classifier and the instance proxies as the
+method needs them. `forward` returns the step's loss and its named parts.
 """
 
 from __future__ import annotations
@@ -30,37 +23,38 @@ from .losses import (
     maskcon_loss,
     proxy_loss,
 )
+from .methods import METHODS
 from .proxies import InstanceProxies
 from .queue import KeyQueue
 from .shuffle_bn import grouped_forward, shuffled_forward
 
-CLASSIFIER_METHODS = ("cos", "opt", "coins", "coins-imp", "coinsp")
-
 
 class CoInsModel(nn.Module):
-    """Query encoder, momentum key encoder, queue, coarse classifier and proxies, as a method needs.
+    """Query encoder, momentum key encoder, queue, cosine classifier and proxies, as the method
+    needs them (train/methods.py).
 
     Args:
         cfg: the run's config (method, K, m, T, alpha, bn_splits, proxy options).
-        num_classes: classes of the classifier (coarse; fine for `opt`).
-        train_coarse: coarse label of every training example (for the `coinsp` proxies).
+        num_classes: classes of the classifier (of the method's classifier level).
+        train_coarse: coarse label of every training example (for the instance proxies).
     """
 
     def __init__(self, cfg: TrainConfig, num_classes: int, train_coarse: np.ndarray) -> None:
         super().__init__()
         self.cfg = cfg
+        self.method = method = METHODS[cfg.method]
         self.encoder_q = Embedder(cfg.model)
         dim = cfg.model.head_dim
         self.classifier = (
-            CosineClassifier(dim, num_classes, cfg.T) if cfg.method in CLASSIFIER_METHODS else None
+            CosineClassifier(dim, num_classes, cfg.T) if method.classifier is not None else None
         )
         self.encoder_k: Embedder | None = None
         self.queue: KeyQueue | None = None
-        if cfg.uses_queue:
+        if method.key_encoder:
             self.encoder_k = copy.deepcopy(self.encoder_q).requires_grad_(False)
             self.queue = KeyQueue(dim, cfg.K)
         self.proxies: InstanceProxies | None = None
-        if cfg.method == "coinsp":
+        if method.proxies:
             P = cfg.proxies or max(1, len(train_coarse) // 5)
             self.proxies = InstanceProxies(
                 train_coarse, dim, P, cfg.proxy_per_coarse, cfg.bank_momentum
@@ -89,7 +83,7 @@ class CoInsModel(nn.Module):
         q = grouped_forward(self.encoder_q, im_q, cfg.bn_splits)  # NxD
         parts: dict[str, torch.Tensor] = {}
         if self.classifier is not None:
-            target = fine if cfg.method == "opt" else coarse
+            target = fine if self.method.classifier == "fine" else coarse
             parts["cos"] = cos_loss(self.classifier(q), target)
         if self.queue is not None and self.encoder_k is not None:
             assert im_k is not None, f"{cfg.method} needs two views"
@@ -114,23 +108,22 @@ class CoInsModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         assert self.queue is not None
         cfg, queue, queue_coarse = self.cfg, self.queue.queue.clone(), self.queue.coarse.clone()
-        if cfg.method == "grafit":
+        if self.method.peer == "grafit":
             return {"grafit": grafit_loss(q, k, queue, coarse, queue_coarse, cfg.T, cfg.peer_w)}
-        if cfg.method == "maskcon":
+        if self.method.peer == "maskcon":
             loss = maskcon_loss(
                 q, k, queue, coarse, queue_coarse, cfg.maskcon_T0, cfg.maskcon_T, cfg.peer_w
             )
             return {"maskcon": loss}
-        within_coarse = cfg.method == "coins-imp" or (cfg.method == "coinsp" and cfg.imp_proxy)
-        if within_coarse:
+        if self.method.negatives_within_coarse(cfg.imp_proxy):
             logits = instance_logits(q, k, queue, cfg.T, coarse, queue_coarse)  # Nx(1+K)
         else:
             logits = instance_logits(q, k, queue, cfg.T)  # Nx(1+K)
         return {"ins": info_nce(logits)}
 
     def _weight(self, part: str) -> float:
-        if part == "cos" and self.cfg.method not in ("cos", "opt"):
-            return self.cfg.alpha
+        if part == "cos":
+            return self.method.cos_weight(self.cfg.alpha)
         if part == "proxy":
             return self.cfg.lambda_p
         return 1.0

@@ -2,41 +2,47 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..retrieval.configs import check_fields
-from ..retrieval.data.transforms import Augment
-from ..retrieval.models import EmbedderConfig
-from ..retrieval.presets import model_preset
-
-METHODS = ("cos", "ins", "coins", "coins-imp", "coinsp", "opt", "grafit", "maskcon")
+# torch-free: `coins train --help` builds its flags from these in a fraction of a second
+from ..retrieval.config_check import check_value, hint_at
+from ..retrieval.configs import Augment, EmbedderConfig
+from ..retrieval.presets import Preset, get_preset, model_preset, preset_for_data
+from ..retrieval.presets import preset_names as preset_names
+from .methods import METHODS
 
 
 @dataclass
 class TrainConfig:
     """Every option of `coins train`. Defaults follow the released CoIns code where it speaks."""
 
-    method: str = "coins"  # one of METHODS
-    dataset: str = "synthetic-patches"
+    method: str = "coins"  # one of METHODS (train/methods.py)
+    dataset: str = "synthetic-patches"  # data set name (coins data list)
     root: str | None = None  # data set location (default per data set)
-    dataset_options: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # the data set's options
     model: EmbedderConfig = field(default_factory=EmbedderConfig)
     augment: Augment = field(default_factory=Augment)
     # optimisation
-    epochs: int = 100
-    batch_size: int = 64
+    epochs: int = 100  # passes over the training split
+    batch_size: int = 64  # images per step in each process
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.03  # base learning rate (the released code: 0.03 at batch 256)
     momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # L2 penalty of the optimizer
     schedule: str = "cosine"  # cosine | step
     lr_steps: tuple[int, ...] = ()  # epochs where a step schedule divides lr by 10
-    warmup_epochs: int = 0
+    warmup_epochs: int = 0  # epochs of linear learning-rate warm-up
     # MoCo machinery
     K: int = 4096  # queue size; K % (batch_size * world_size) == 0
     m: float = 0.99  # key-encoder momentum
@@ -46,23 +52,23 @@ class TrainConfig:
     alpha: float = 0.5  # weight of L_cos in coins / coins-imp / coinsp
     cos_warmup_epochs: int = 0  # epochs of L_cos alone before the instance loss joins
     peer_w: float = 0.5  # grafit / maskcon mixing weight w
-    maskcon_T0: float = 0.1
-    maskcon_T: float = 0.05
+    maskcon_T0: float = 0.1  # maskcon: temperature of the contrastive logits
+    maskcon_T: float = 0.05  # maskcon: temperature of the soft target
     # instance proxy loss (coinsp)
     proxies: int = 0  # P; 0 means about N / 5
     proxy_start_epoch: int = 0  # M; 0 means half the epochs
-    lambda_p: float = 1.0
-    T_p: float = 0.2
+    lambda_p: float = 1.0  # weight of L_proxy
+    T_p: float = 0.2  # temperature of L_proxy
     proxy_per_coarse: bool = True  # k-means inside each coarse class (P split by class size)
     imp_proxy: bool = True  # coinsp builds on coins-imp (True) or coins (False)
     bank_momentum: float = 0.5  # memory-bank update: v <- normalize(b * v + (1 - b) * k)
     # run
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = 0  # seeds model init, data order and augmentation
+    device: str = "cpu"  # cpu or cuda (with --nproc: one GPU per process)
     amp: bool = True  # mixed precision on CUDA only
-    num_workers: int = 2
+    num_workers: int = 2  # data-loader processes
     eval_every: int = 0  # epochs between test evaluations; 0: only at the end
-    eval_split: str = "test"
+    eval_split: str = "test"  # split of the evaluations
     eval_which: str = "backbone"  # backbone | head
     log_every: int = 50  # steps between JSON-lines log records
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -82,14 +88,15 @@ class TrainConfig:
 
     @property
     def uses_queue(self) -> bool:
-        return self.method not in ("cos", "opt")
+        """Whether the method has a key encoder and queue (and so trains on two views)."""
+        return METHODS[self.method].key_encoder
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        check_fields(cls, d, "training options")
+        check_value("", cls, d, what=OPTIONS)
         d = dict(d)
         model = d.pop("model", None)
         augment = d.pop("augment", None)
@@ -102,78 +109,137 @@ class TrainConfig:
             cfg.model = model_preset(cfg.dataset)
         else:
             cfg.model = model
-        if isinstance(augment, dict):
-            fields: dict[str, Any] = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()
-            }
-            augment = Augment(**fields)
-        cfg.augment = augment or Augment()
+        cfg.augment = (
+            Augment.from_dict(augment) if isinstance(augment, dict) else augment or Augment()
+        )
         return cfg
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """A config from the data set's preset, then a YAML file, then explicit overrides (later wins).
+OPTIONS = "training options"  # how errors name the keys of TrainConfig
 
-    Nested options (`model`, `augment`, `dataset_options`) merge key by key.
+
+def load_config(
+    path: str | Path | None = None, preset: str | None = None, **overrides: Any
+) -> TrainConfig:
+    """A config from a preset, then a YAML file, then explicit overrides (later wins).
+
+    The preset is `preset` (else the file's `preset:` key), else the data set's own, else, for a
+    data set without one (csv, folder), the image kind closest to its first image (printed).
+    Every value is checked against its field's declared type before anything is built.
+    Overrides may be dotted (`**{"model.head_dim": 64}`, as `--set` gives them), applied in
+    order; None means not given. A mapping merges key by key into the one it overrides
+    (`model={"head_dim": 64}` keeps the preset's backbone), except `{}`, which replaces it:
+    `model.backbone_kwargs={}` drops the preset's timm arguments (for another backbone).
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"config file {file} does not exist")
-        loaded = yaml.safe_load(file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {file}: expected a YAML mapping of options")
-        raw = loaded
-    raw = _merge(raw, {k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(_merge(preset(raw.get("dataset", TrainConfig.dataset)), raw))
+    raw = _read_options(path) if path is not None else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    in_file = raw.pop("preset", None)  # a YAML file may name its preset; `preset` wins
+    named = preset or in_file
+    sketch = raw  # file and overrides, unchecked: enough to find the data set's preset
+    for key, value in given.items():
+        sketch = _merge(sketch, _nested(key, value))
+    options = _preset_options(named, sketch)
+    check_value("", TrainConfig, raw, options, OPTIONS)
+    options = _merge(options, raw)
+    for key, value in given.items():
+        check_value(key, hint_at(TrainConfig, key, OPTIONS), value, _lookup(options, key), OPTIONS)
+        options = _merge(options, _nested(key, value))
+    return TrainConfig.from_dict(options)
+
+
+def _read_options(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {file} does not exist")
+    loaded = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {file}: expected a YAML mapping of options")
+    return loaded
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`; mappings merge key by key, but an empty one replaces (clears)."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def preset(dataset: str) -> dict[str, Any]:
-    """CPU-sized defaults per data set ([design]: sized for a 2-core CPU; scale up on a GPU)."""
-    base = {"dataset": dataset, "model": model_preset(dataset).to_dict()}
-    return _merge(base, PRESETS.get(dataset, {}))
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """{"a": {"b": value}} for key "a.b"."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "synthetic-patches": {
-        # 120 epochs of a quarter-width ResNet-18 fit the 5-minute budget of a CPU run.
-        "model": {"backbone_kwargs": {"channels": [16, 32, 64, 128]}},
-        "epochs": 120,
-        "batch_size": 64,
-        "K": 256,  # below the 512 training images: a queue as long as the data set holds positives
-        "num_workers": 0,  # in-memory images: loader workers only compete for the 2 cores
-        "lr": 0.12,
-        "warmup_epochs": 2,
-        # L_cos at a quarter: 0.5 tied with `ins`, 0.25 beat it on 3 seeds and on a fresh data
-        # draw (docs/results.md)
-        "alpha": 0.25,
-        "augment": {"crop_scale": [0.6, 1.0], "color_jitter": 0.0, "grayscale_p": 0.0},
-    },
-    "fashion-mnist": {
-        "epochs": 4,
-        "batch_size": 128,
-        "K": 8192,
-        "lr": 0.12,
-        "warmup_epochs": 1,
-        "augment": {"crop_scale": [0.5, 1.0], "color_jitter": 0.0, "grayscale_p": 0.0},
-    },
-    "cifar100": {
-        "epochs": 200,
-        "batch_size": 128,
-        "K": 8192,
-        "lr": 0.12,
-        "weight_decay": 5e-4,
-        "warmup_epochs": 5,
-    },
-}
+def _lookup(options: dict[str, Any], key: str) -> Any:
+    """The value at dotted `key`, or None."""
+    node: Any = options
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One training option as `coins train --help` explains it."""
+
+    key: str  # dotted below a nested config: model.preprocess.input_size
+    hint: Any  # the declared type
+    default: Any  # the dataclass default (a preset may set another)
+    comment: str  # the comment on the field's line in the source
+
+
+def field_docs(cls: type = TrainConfig, prefix: str = "") -> list[FieldDoc]:
+    """Every option of dataclass `cls`, nested configs expanded to dotted keys, each with the
+    comment written on its line (the source is the one place the options are explained)."""
+    hints, comments = typing.get_type_hints(cls), _field_comments(cls)
+    docs = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            docs += field_docs(hint, f"{prefix}{f.name}.")
+            continue
+        factory: Any = f.default_factory  # MISSING unless the field has a factory
+        default = factory() if f.default is dataclasses.MISSING else f.default
+        docs.append(FieldDoc(prefix + f.name, hint, default, comments.get(f.name, "")))
+    return docs
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """{field: the comment ending its line} of a class body; comments are not in the AST, so
+    tokenize finds them by line and ast says which field each line declares."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    by_line = {
+        t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT
+    }
+    body = ast.parse(source).body[0]
+    assert isinstance(body, ast.ClassDef)
+    return {
+        node.target.id: by_line.get(node.end_lineno or node.lineno, "")
+        for node in body.body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The options preset `name` starts a run from (see `preset_names()`); retrieval/presets.py
+    holds the table ([design]: sized for a 2-core CPU; scale up on a GPU)."""
+    return _options(get_preset(name))
+
+
+def _preset_options(name: str | None, raw: dict[str, Any]) -> dict[str, Any]:
+    if name is not None:
+        return preset(name)
+    dataset = raw.get("dataset", TrainConfig.dataset)
+    chosen, _ = preset_for_data(dataset, raw.get("root"), raw.get("dataset_options"))
+    return _options(chosen)
+
+
+def _options(p: Preset) -> dict[str, Any]:
+    base = {"dataset": p.dataset} if p.dataset else {}
+    return _merge({**base, "model": p.model.to_dict()}, dict(p.train))

@@ -30,6 +30,7 @@ from ..retrieval.models import Which
 from . import distributed as dist
 from .builder import CoInsModel
 from .config import TrainConfig
+from .methods import METHODS
 from .metrics_log import MetricsLog
 from .schedule import lr_at
 
@@ -108,11 +109,13 @@ def _save(
 ) -> None:
     classifier = None
     if model.classifier is not None:
-        names = data.fine_classes if cfg.method == "opt" else data.coarse_classes
+        level = model.method.classifier  # export names its output by it
+        names = data.fine_classes if level == "fine" else data.coarse_classes
         classifier = {
             "weight": model.classifier.weight.detach().cpu(),
             "T": cfg.T,
             "classes": names,
+            "level": level,
         }
     save_checkpoint(
         path,
@@ -212,11 +215,11 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distribute
     train_set = build_dataset(cfg.dataset, "train", cfg.root, **cfg.dataset_options)
     steps_per_epoch = _check_sizes(cfg, train_set)
     eval_set = build_dataset(cfg.dataset, cfg.eval_split, cfg.root, **cfg.dataset_options)
-    num_classes = (
-        len(train_set.fine_classes or []) if cfg.method == "opt" else len(train_set.coarse_classes)
-    )
-    if cfg.method == "opt" and train_set.fine_labels is None:
-        raise ValueError(f"method opt needs fine labels; {cfg.dataset} has none")
+    method = METHODS[cfg.method]
+    if "fine" in method.labels and train_set.fine_labels is None:
+        raise ValueError(f"method {method.name} needs fine labels; {cfg.dataset} has none")
+    fine = method.classifier == "fine"
+    num_classes = len(train_set.fine_classes or []) if fine else len(train_set.coarse_classes)
     model = CoInsModel(cfg, num_classes, train_set.coarse_labels).to(device)
     net: torch.nn.Module = DistributedDataParallel(model) if distributed else model
     opt = _optimizer(cfg, model)
@@ -314,7 +317,8 @@ def _epoch(
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {step} (parts {parts}); "
-                f"stopped; the last good checkpoint is kept. Lower --lr or check the data."
+                f"stopped; the last good checkpoint is kept. Check the data, or start a new run "
+                f"(another --out) with a lower --lr: --resume refuses changed flags."
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()

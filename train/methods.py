@@ -49,10 +49,10 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("cos", "L_cos: a cosine classifier on the coarse labels", False, "coarse"),
+        Method("ins", "L_ins: MoCo v2 instance discrimination, no labels", True, None, labels=()),
         Method(
-            "ins", "L_ins: MoCo v2 instance discrimination, no labels", True, None, labels=()
+            "coins", "L_ins + alpha L_cos: instances apart within coarse classes", True, "coarse"
         ),
-        Method("coins", "L_ins + alpha L_cos: instances apart inside the coarse classes", True, "coarse"),
         Method(
             "coins-imp",
             "L_ins with negatives only from the query's coarse class + alpha L_cos",
@@ -76,7 +76,10 @@ METHODS: dict[str, Method] = {
             labels=("fine",),
         ),
         Method(
-            "grafit", "Grafit: w SupCon over the queue (coarse) + (1 - w) L_ins", True, None,
+            "grafit",
+            "Grafit: w SupCon(coarse) + (1 - w) L_ins over the queue",
+            True,
+            None,
             peer="grafit",
         ),
         Method(
@@ -88,11 +91,3 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
-
-
-def method_named(name: str) -> Method:
-    """The method called `name`; a ValueError listing the methods otherwise."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"method {name!r}: expected one of {', '.join(METHODS)}") from None

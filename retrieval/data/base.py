@@ -1,7 +1,7 @@
 """What a retrieval data set is: images with a coarse label, maybe a fine one, and a stable id.
 
 Training sees only the coarse labels; the fine labels are kept to judge whether the embedding
-separated what the coarse labels lumped together (METHOD.md, section 1).
+separated what the coarse labels lumped together (docs/method.md, "The problem").
 """
 
 from __future__ import annotations

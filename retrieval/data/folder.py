@@ -1,7 +1,8 @@
 """Your own images as a folder tree: `root/<coarse>/<fine>/<image>`.
 
 With folders `root/train`, `root/val`, `root/test` the tree below each is one split; otherwise
-the whole tree is the split "all". Class lists are the sorted union over all splits, so a label
+the whole tree is the split "all" (`coins train` needs `train` and `test`: asking for them
+without split folders says so). Class lists are the sorted union over all splits, so a label
 means the same class in every split. Images lying directly in a coarse folder have no fine label
 (-1); files with other extensions and hidden entries are skipped.
 """
@@ -34,6 +35,12 @@ class ImageFolder(FileDataset):
     def __init__(self, split: str = "train", root: Path | None = None) -> None:
         root = _check_root(root)
         split_folders = _split_folders(root)
+        if not split_folders and split != "all":
+            raise DatasetError(
+                f"{root} has no split folders {list(SPLIT_FOLDERS)}, so its only split is "
+                f"`all`, not {split!r}; for `coins train` move the class folders into "
+                f"{root / 'train'} and {root / 'test'} (training reads `train`, evaluation `test`)"
+            )
         check_split(split, split_folders or self.splits, root)
         tops = [root / s for s in split_folders] or [root]
         coarse_names, fine_names = _class_names(tops)

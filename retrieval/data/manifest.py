@@ -3,6 +3,12 @@
 Labels are strings, numbered in sorted order over the whole manifest so that a label means the
 same class in every split. Relative paths are read against the CSV's folder. The structure is
 checked when the manifest is loaded, the image files only when an item is read.
+
+Splits are the values of the `split` column; without that column the manifest is one split,
+`all` (enough for `coins eval`, `embed` and `index`; `coins train` reads `train` and `test`, and
+asking for them says which column to add). Ids need to be unique within a split only: every
+consumer (training, evaluation, a gallery, its shards and index) reads one split, and an index
+refuses an id it already holds. Without an `id` column the id is the row's position in the file.
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ class CSVManifest(FileDataset):
 
     def __init__(self, split: str = "train", root: Path | None = None) -> None:
         table = _read_manifest(_manifest_path(root))
+        if "split" not in table.columns and split != "all":
+            raise DatasetError(
+                f"{table.path} has no `split` column, so its only split is `all`, not {split!r}; "
+                "for `coins train` add a column `split` with the value `train` or `test` in "
+                "every row (training reads `train`, evaluation `test`)"
+            )
         check_split(split, _splits(table), table.path)
         coarse_classes, coarse_index = class_index([r["coarse"] for r in table.rows])
         fine_classes, fine_index = class_index([r["fine"] for r in table.rows if r["fine"]])
@@ -68,12 +80,18 @@ class CSVManifest(FileDataset):
 
 
 def _manifest_path(root: Path | None) -> Path:
+    """The manifest: `root` itself, or `root/manifest.csv` when `root` is a folder."""
     if root is None:
-        raise DatasetError("csv: expected root, the manifest file (path,coarse[,fine][,id])")
+        raise DatasetError(
+            f"csv: expected root, the manifest file (path,coarse[,fine][,id][,split]) "
+            f"or the folder holding it as {DEFAULT_NAME}"
+        )
     root = Path(root)
     path = root / DEFAULT_NAME if root.is_dir() else root
     if not path.is_file():
-        raise DatasetError(f"{path}: expected a CSV manifest file, not found")
+        raise DatasetError(
+            f"{path}: expected a CSV manifest file (or a folder holding {DEFAULT_NAME}), not found"
+        )
     return path
 
 
@@ -118,10 +136,11 @@ def _splits(table: _Manifest) -> tuple[str, ...]:
 
 
 def _ids(table: _Manifest) -> np.ndarray:
-    """The `id` column as unique ints, or the row index when there is no such column."""
+    """The `id` column as ints unique within each split, or the row index without the column."""
     if "id" not in table.columns:
         return np.arange(len(table.rows), dtype=np.int64)
-    seen: dict[int, int] = {}
+    ids = []
+    seen: dict[tuple[str, int], int] = {}  # (split, id) -> line
     for row, line in zip(table.rows, table.lines, strict=True):
         try:
             value = int(row["id"])
@@ -131,10 +150,13 @@ def _ids(table: _Manifest) -> np.ndarray:
             raise DatasetError(
                 f"{table.path}, line {line}: expected an integer id, got {row['id']!r}"
             ) from None
-        if value in seen:
+        key = (row["split"], value)  # split is "" without the column: unique in the file
+        if key in seen:
+            within = f" within split {row['split']!r}" if row["split"] else ""
             raise DatasetError(
-                f"{table.path}, line {line}: expected unique ids, "
-                f"{value} is also on line {seen[value]}"
+                f"{table.path}, line {line}: expected unique ids{within}, "
+                f"{value} is also on line {seen[key]}"
             )
-        seen[value] = line
-    return np.array(list(seen), dtype=np.int64)
+        seen[key] = line
+        ids.append(value)
+    return np.array(ids, dtype=np.int64)

@@ -51,7 +51,7 @@ class ResizeCentreCrop:
         if new_long <= self.max_aspect * S:
             return self.crop(self.resize(img))
         new_w, new_h = (S, new_long) if w <= h else (new_long, S)
-        top, left = int(round((new_h - S) / 2.0)), int(round((new_w - S) / 2.0))  # CenterCrop's
+        top, left = round((new_h - S) / 2.0), round((new_w - S) / 2.0)  # as CenterCrop rounds
         sx, sy = w / new_w, h / new_h  # source pixels per resized pixel
         box = (left * sx, top * sy, (left + S) * sx, (top + S) * sy)
         return img.resize((S, S), Image.Resampling.BILINEAR, box=box)

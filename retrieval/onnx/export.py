@@ -91,11 +91,17 @@ class ExportedEmbedder(nn.Module):
 
 
 def classifier_from_checkpoint(state: dict[str, Any]) -> Classifier | None:
-    """The run's classifier, if it saved one; `opt` classifies fine labels, not coarse."""
+    """The run's classifier, if it saved one, with the labels it classifies ("level")."""
     saved = state.get("classifier")
     if not saved:
         return None
-    level = "fine" if state.get("method") == "opt" else "coarse"
+    level = saved.get("level")
+    if level is None:
+        # Checkpoints written before the level was saved: of their methods only `opt` had a
+        # fine classifier (retrieval cannot ask train/methods.py, which builds on retrieval).
+        level = "fine" if state.get("method") == "opt" else "coarse"
+    if level not in ("coarse", "fine"):
+        raise ValueError(f"checkpoint classifier level {level!r}: expected 'coarse' or 'fine'")
     return Classifier(saved["weight"], float(saved["T"]), list(saved["classes"]), level)
 
 

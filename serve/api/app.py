@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -30,6 +30,9 @@ from coins.serve.api.routes import ops as routes_ops
 from coins.serve.api.routes import search as routes_search
 from coins.serve.api.settings import ServeSettings
 from coins.serve.api.state import ServiceState
+
+if TYPE_CHECKING:
+    import uvicorn
 
 STATIC = Path(str(resources.files("coins.serve.api") / "static"))
 
@@ -60,6 +63,9 @@ def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> F
         version=__version__,
         description="Fine-grained nearest-neighbour search over CoIns embeddings.",
         lifespan=lifespan,
+        # Starlette's slash redirect builds an absolute URL from the Host header: a request
+        # with `Host: evil` would be sent to http://evil/...; a wrong path is a 404 instead
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.artifacts = artifacts or OnnxArtifacts()
@@ -72,7 +78,11 @@ def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> F
     _mount_page(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(
-        RequestMetrics, metrics=app.state.metrics, max_body=settings.max_request_bytes
+        RequestMetrics,
+        metrics=app.state.metrics,
+        max_body=settings.max_request_bytes,
+        idle_timeout=settings.body_idle_timeout_s,
+        total_timeout=settings.body_timeout_s,
     )
     return app
 
@@ -103,10 +113,57 @@ def run(settings: ServeSettings, log_level: str = "info") -> None:
     """Serve until interrupted (what `coins serve` does)."""
     import uvicorn
 
-    uvicorn.run(
-        create_app(settings),
+    uvicorn.Server(server_config(create_app(settings), settings, log_level)).run()
+
+
+def server_config(app: FastAPI, settings: ServeSettings, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's configuration of `app`: address, and the connection limits of `settings`."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=10,
+        http=_h11_with_header_deadline(settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        limit_concurrency=settings.max_connections,
     )
+
+
+def _h11_with_header_deadline(seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request line and headers have not
+    arrived `seconds` after it opened or after the previous response. uvicorn has no such
+    deadline: a client sending nothing, or a byte now and then, would hold a socket for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class H11HeaderDeadline(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm(None)
+
+        def on_response_complete(self) -> None:
+            finished = self.cycle  # handling pipelined requests may start a new cycle
+            super().on_response_complete()
+            self._arm(finished)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self, waiting: object) -> None:
+            """Close unless a new request (a new cycle) has started by the deadline."""
+            if self._deadline is not None:
+                self._deadline.cancel()
+
+            def expire() -> None:
+                if self.cycle is waiting and not self.transport.is_closing():
+                    self.transport.close()
+
+            self._deadline = self.loop.call_later(seconds, expire)
+
+    return H11HeaderDeadline

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("coins.serve")
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 BODY_MODELS: list[type[BaseModel]] = []  # bodies read by routes themselves, for the OpenAPI
 
 
@@ -25,6 +27,10 @@ class ApiError(Exception):
         self.message = message
 
 
+# Both parsers below use pydantic's JSON parser, never json.loads: it refuses nesting deeper than
+# 200 levels as invalid JSON, where json.loads recurses in Python and raises RecursionError.
+
+
 def parse_json_body(model: type[M], raw: bytes) -> M:
     """`raw` as `model`, parsed by pydantic's JSON parser; errors as FastAPI's own (422)."""
     try:
@@ -32,6 +38,16 @@ def parse_json_body(model: type[M], raw: bytes) -> M:
     except ValidationError as err:
         errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in err.errors(include_url=False)]
         raise RequestValidationError(errors) from None
+
+
+def parse_json_field(adapter: TypeAdapter[T], text: str, field: str, expected: str) -> T:
+    """A form field holding JSON (Starlette bounds one to 1 MiB), as `adapter`'s type; 422
+    naming `field` and what was `expected` when it is not valid JSON of that type."""
+    try:
+        return adapter.validate_json(text)
+    except ValidationError as err:
+        summary = _summary(err.errors(include_url=False))
+        raise ApiError(422, f"{field}: expected {expected}: {summary}") from None
 
 
 def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -56,12 +72,17 @@ def error_response(status: int, message: str, **extra: object) -> JSONResponse:
     return JSONResponse({"status": status, "message": message, **extra}, status_code=status)
 
 
-def _validation_message(error: RequestValidationError) -> str:
+def _summary(errors: Sequence[Any]) -> str:
+    """The first errors of a validation as "where: what; ...", without FastAPI's "body" prefix."""
     parts = []
-    for e in error.errors()[:5]:
+    for e in errors[:5]:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else e.get("msg", "invalid"))
     return "; ".join(parts) or "invalid request"
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    return _summary(error.errors())
 
 
 def install_error_handlers(app: FastAPI) -> None:

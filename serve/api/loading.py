@@ -79,7 +79,7 @@ def load_all(app: FastAPI) -> None:
         state.error = f"{type(err).__name__}: {err}"
         log.error("loading failed: %s", state.error)
         return
-    app.state.thumbnails = Thumbnails(manifest_dict(index.manifest), settings.index_dir)
+    app.state.thumbnails = thumbnails_of(index, settings)
     state.set_loaded(embedder, index)
     state.ready = True
     metrics.index_size.set(index.ntotal)
@@ -93,12 +93,19 @@ def load_all(app: FastAPI) -> None:
 
 
 def reload_index(app: FastAPI) -> None:
-    """Load the index folder again and swap it in; the old index serves until the swap."""
+    """Load the index directory again and swap it in; the old index serves until the swap.
+
+    Holds the state's writer lock throughout: the load starts after every acknowledged admin
+    write has been committed to the directory (so the new index holds them all) and no write
+    commits until the swap (so none is made to the old index, or lost with it). Searches go on
+    during the load. A reload always serves what the directory holds: with `persist` off, admin
+    changes not saved to it are dropped, as by a restart.
+    """
     settings: ServeSettings = app.state.settings
     state: ServiceState = app.state.service
     artifacts: Artifacts = app.state.artifacts
     assert state.embedder is not None
-    with state.reload_lock:
+    with state.writer:
         try:
             index = artifacts.load_index(settings, state.embedder.sha256)
             warm_up(None, index)
@@ -107,8 +114,13 @@ def reload_index(app: FastAPI) -> None:
                 f"reload failed, still serving the previous index: {type(err).__name__}: {err}"
             )
             raise ApiError(409, message) from err
-        thumbnails = Thumbnails(manifest_dict(index.manifest), settings.index_dir)
+        thumbnails = thumbnails_of(index, settings)
         state.swap_index(index)
         app.state.thumbnails = thumbnails
     app.state.metrics.index_size.set(index.ntotal)
     log.info("reloaded: %d items", index.ntotal)
+
+
+def thumbnails_of(index: Index, settings: ServeSettings) -> Thumbnails:
+    """The thumbnails of `index`'s items, from the gallery folders its manifest records."""
+    return Thumbnails(manifest_dict(index.manifest), settings.index_dir, settings.image_roots)

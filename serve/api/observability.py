@@ -5,11 +5,14 @@ Each app owns its registry, so several apps (tests, a reload) never collide on m
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coins.serve.api.errors import error_response
@@ -64,29 +67,62 @@ class Metrics:
             self.stage.labels(stage).observe(time.perf_counter() - start)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """413. An HTTPException, so that FastAPI passes it on from its form and JSON parsing, which
+    turn any other error raised while reading a body into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than the limit of {limit:,} bytes")
+
+
+class BodyTimeout(HTTPException):
+    """408: the client was too slow sending the body (an HTTPException for the same reason)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(408, f"request body: {why}")
 
 
 class RequestMetrics:
-    """ASGI middleware: per-route latency and counts, and the request-body size limit (413)."""
+    """ASGI middleware: per-route latency and counts, and the limits on reading a request body:
+    `max_body` bytes (413), `idle_timeout` seconds between two chunks and `total_timeout`
+    seconds from the request's arrival to the body's end (408)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body: int,
+        idle_timeout: float = math.inf,
+        total_timeout: float = math.inf,
+    ) -> None:
         self.app, self.metrics, self.max_body = app, metrics, max_body
+        self.idle_timeout, self.total_timeout = idle_timeout, total_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start, status, received = time.perf_counter(), 500, 0
-        started = False
+        started = body_done = False
+        deadline = time.monotonic() + self.total_timeout
 
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:  # later calls wait for a disconnect: no time limit on those
+                return await receive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BodyTimeout(f"not received within {self.total_timeout:g} s")
+            try:
+                message = await asyncio.wait_for(receive(), min(self.idle_timeout, left))
+            except TimeoutError:
+                if left > self.idle_timeout:
+                    raise BodyTimeout(f"no data for {self.idle_timeout:g} s") from None
+                raise BodyTimeout(f"not received within {self.total_timeout:g} s") from None
             received += len(message.get("body", b""))
             if received > self.max_body:
-                raise BodyTooLarge
+                raise BodyTooLarge(self.max_body)
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         async def send_status(message: Message) -> None:
@@ -97,13 +133,12 @@ class RequestMetrics:
 
         try:
             if self._declared_length(scope) > self.max_body:
-                raise BodyTooLarge
-            await self.app(scope, counted_receive, send_status)
-        except BodyTooLarge:
+                raise BodyTooLarge(self.max_body)
+            await self.app(scope, limited_receive, send_status)
+        except (BodyTooLarge, BodyTimeout) as exc:  # raised outside the routes' error handlers
             if started:
                 raise
-            message = f"request body larger than the limit of {self.max_body:,} bytes"
-            await error_response(413, message)(scope, receive, send_status)
+            await error_response(exc.status_code, exc.detail)(scope, receive, send_status)
         finally:
             self._observe(scope, status, time.perf_counter() - start)
 

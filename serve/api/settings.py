@@ -12,7 +12,6 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # one number of a query vector as JSON: the longest float repr is 24 bytes
 # ("-2.2250738585072014e-308"), then ", " and a little room for indentation
 JSON_NUMBER_BYTES = 32
@@ -47,7 +46,7 @@ class ServeSettings(BaseSettings):
     # beyond it the model's centre crop would see under 1/32 of the image: refused with a 422
     max_image_aspect: float = Field(default=32.0, ge=1)
     # time limits on reading a request (408 past them): uvicorn has none for the body, so a
-    # client sending one byte a minute would hold a worker's request open for hours
+    # client sending one byte a minute would hold its request (and bytes so far) for hours
     body_idle_timeout_s: float = Field(default=15.0, gt=0)  # between two chunks of a body
     body_timeout_s: float = Field(default=120.0, gt=0)  # a whole body (64 MiB at ~5 Mbit/s)
     # the request line and headers, from connection open or from the end of the last response
@@ -62,6 +61,7 @@ class ServeSettings(BaseSettings):
     # folders whose image files admin adds may name and thumbnails may show, besides the gallery
     # folders the index manifest records (`roots`); an index built from a data set without image
     # files records none, and then admin adds with a `path` are refused (422) unless given here
+    # (`--image-root DIR`, repeatable, or COINS_IMAGE_ROOTS='["/srv/new-items"]')
     image_roots: list[Path] = Field(default_factory=list)
 
     def max_search_bytes(self, dim: int) -> int:

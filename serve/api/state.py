@@ -1,22 +1,34 @@
-"""The loaded model and index of a running server, and the lock that lets writes and swaps happen
-while searches are in flight.
+"""The loaded model and index of a running server, and the locks that order searches, admin
+writes and reloads.
 
-Searches hold the read side of a readers-writer lock for the duration of one FAISS call; an admin
-add or delete holds the write side. A reload builds the new index outside any lock, then swaps
-the reference under the write side: searches already running finish on the old object.
+- Searches hold the read side of a readers-writer lock (`lock`) for one FAISS or metadata call.
+- Admin writes (add, delete) and reloads are writers of the index directory. They run one at a
+  time, in arrival order, on the state's writer thread (`write`), and each holds `writer`
+  from start to end: a write changes the index being served at that moment and commits it
+  before the next writer starts, and a reload reads the directory only after every
+  acknowledged write has been committed to it, so it never swaps in an index without them.
+- A write changes the index in memory under the write side of `lock` (searches wait for it);
+  a reload loads the new index holding only `writer`, so searches go on meanwhile, and takes
+  the write side of `lock` just to swap the reference: searches in flight finish on the old
+  object.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
+
+T = TypeVar("T")
 
 
 class Embedder(Protocol):
@@ -89,6 +101,12 @@ class ReadWriteLock:
                 self._cond.notify_all()
 
 
+def _writer_thread() -> ThreadPoolExecutor:
+    # one thread: writers are serialised anyway, and a queue of them must not fill the search
+    # pool (searches would wait for a reload's load, which they need not)
+    return ThreadPoolExecutor(1, thread_name_prefix="coins-writer")
+
+
 @dataclass
 class ServiceState:
     """Model, index and readiness of one server; `index` is replaced whole on reload."""
@@ -99,7 +117,9 @@ class ServiceState:
     error: str | None = None  # why loading failed, shown by /readyz
     loaded_at: float | None = None
     lock: ReadWriteLock = field(default_factory=ReadWriteLock)
-    reload_lock: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
+    writer: threading.Lock = field(default_factory=threading.Lock)  # held by an add, a delete
+    # or a reload from start to end: one writer of the index (and its directory) at a time
+    writes: ThreadPoolExecutor = field(default_factory=_writer_thread)
     version: int = 0  # bumped by every change of the index, so cached label ids expire
     _label_ids: dict[tuple[int, str, str | int], np.ndarray] = field(default_factory=dict)
 
@@ -115,6 +135,12 @@ class ServiceState:
             self.index = index
             self.loaded_at = time.time()
             self.changed()
+
+    async def write(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn` (an admin add, delete or reload) on the writer thread: admin requests
+        queue there in arrival order and, while they wait, hold no search-pool thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.writes, functools.partial(fn, *args))
 
     def changed(self) -> None:
         """Call under the write lock after the index changed."""

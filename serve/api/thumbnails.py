@@ -37,9 +37,11 @@ class ImageFolders:
 
     @classmethod
     def of(cls, manifest: dict[str, Any], image_roots: Sequence[Path] = ()) -> ImageFolders:
-        source = manifest.get("source") or {}
+        source = manifest.get("source")
+        source = source if isinstance(source, dict) else {}
         recorded = gallery_roots(source, known=manifest.get("roots") or [])
-        roots = tuple(dict.fromkeys(Path(r).resolve() for r in [*recorded, *image_roots]))
+        folders = [Path(r) for r in recorded] + list(image_roots)
+        roots = tuple(dict.fromkeys(f.resolve() for f in folders))  # in order, once each
         root = source.get("root")
         base = Path(root).resolve() if root else None
         return cls(roots, base if base is not None and base.is_dir() else None)

@@ -266,3 +266,64 @@ def model_classes(coarse: list[str] | None, rows: Sequence[dict[str, Any]]) -> d
         extra = [c for c in classes["coarse"] if c not in coarse]
         classes["coarse"] = [str(c) for c in coarse] + extra
     return classes
+
+
+def build_gallery_index(
+    out_dir: str | Path,
+    *,
+    model: str | Path | None = None,
+    from_embeddings: Sequence[str | Path] | None = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    root: str | Path | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    images: str | Path | None = None,
+    manifest: str | Path | None = None,
+    index_key: str = "auto",
+    target_recall: float = 0.95,
+    max_memory_gb: float | None = None,
+    append: bool = False,
+    overwrite: bool = False,
+    batch_size: int = 64,
+    threads: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+) -> tuple[SearchIndex, list[tuple[Path, str]]]:
+    """`coins index`: an index of a gallery embedded by an ONNX `model`, or of the shard folders
+    of `coins embed` (exactly one of the two); with the images skipped as undecodable.
+
+    With `append` the items join the index in `out_dir`, whose choice and tuning stay.
+    """
+    if (model is None) == (not from_embeddings):
+        given = "both" if model is not None else "neither"
+        raise ValueError(
+            f"expected an ONNX model (with a gallery) or from_embeddings shard folders; got {given}"
+        )
+    options: dict[str, Any] = {"append": append}
+    if not append:
+        memory = None if max_memory_gb is None else int(max_memory_gb * 2**30)
+        options |= {"index_key": index_key, "target_recall": target_recall}
+        options |= {"max_memory": memory, "overwrite": overwrite}
+    if from_embeddings:
+        return build_index_from_embeddings(from_embeddings, out_dir, **options), []
+    assert model is not None
+    return build_index_from_model(
+        model, out_dir, dataset, split, root, dataset_options, images, manifest,
+        batch_size=batch_size, strict=strict, threads=threads, progress=progress, **options,
+    )  # fmt: skip
+
+
+def build_summary(index: SearchIndex) -> tuple[str, list[str]]:
+    """What was built, in a line or two (size, FAISS key and why, tuning), and warnings."""
+    m = index.manifest
+    lines = [f"{m.count:,} vectors of dimension {m.dim}, {m.index_key} ({m.choice_reason})"]
+    warnings = []
+    if m.tuning is not None:
+        t, params = m.tuning, ", ".join(f"{k}={v}" for k, v in m.index_params.items())
+        lines.append(
+            f"{params or 'exact'}: {t.k}-recall@{t.k} {t.recall:.4f} on {t.queries} held-out "
+            f"queries, p50 {t.p50_ms:.3f} ms, p99 {t.p99_ms:.3f} ms"
+        )
+        if not t.reached:
+            warnings.append(f"target recall {t.target_recall} not reached")
+    return "\n".join(lines), warnings

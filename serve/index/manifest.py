@@ -131,9 +131,12 @@ def gallery_roots(
     """The folders holding a gallery's image files, for `IndexManifest.roots`: the `known`
     ones, those the source names (a data set or image folder `root`, the folder of a CSV
     manifest `path`, and those of its `sources`), and the folder of each absolute row path
-    outside them. A folder inside another is dropped, so the list stays short."""
+    outside them, symlinks resolved (the server compares resolved paths). A folder inside
+    another is dropped, so the list stays short."""
     folders = [Path(f) for f in known] + _source_folders(source)
-    folders += [Path(p).parent for r in rows if (p := r.get("path")) and Path(p).is_absolute()]
+    folders += [
+        Path(p).resolve().parent for r in rows if (p := r.get("path")) and Path(p).is_absolute()
+    ]
     out: list[Path] = []
     for folder in sorted(set(folders), key=lambda f: len(f.parts)):  # outer folders first
         if not any(folder.is_relative_to(o) for o in out):

@@ -1,17 +1,18 @@
 """Admin routes (API key required): add and delete items, reload a rebuilt index.
 
-Writes hold the write side of the state's lock; a reload loads the new index with no lock held and
-only swaps the reference under it, so searches in flight finish on the old index.
+Adds, deletes and reloads run one at a time on the state's writer thread (`ServiceState.write`),
+each holding its writer lock: a write changes (and saves) the index served at that moment, and a
+reload never overlaps one. See serve/api/state.py for the order of searches, writes and swaps.
+An item's image `path` must lie inside a gallery folder of the index (`ImageFolders`).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Form, Request
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from coins.serve.api.deps import (
     AdminDep,
@@ -20,9 +21,10 @@ from coins.serve.api.deps import (
     SettingsDep,
     in_pool,
     loaded,
+    manifest_dict,
     summarize,
 )
-from coins.serve.api.errors import ApiError
+from coins.serve.api.errors import ApiError, parse_json_field
 from coins.serve.api.loading import reload_index
 from coins.serve.api.schemas import (
     AddItemsRequest,
@@ -33,7 +35,8 @@ from coins.serve.api.schemas import (
 )
 from coins.serve.api.search import normalise
 from coins.serve.api.settings import ServeSettings
-from coins.serve.api.state import ServiceState
+from coins.serve.api.state import Index, ServiceState
+from coins.serve.api.thumbnails import ImageFolders
 from coins.serve.api.uploads import ImagesForm, embed_uploads, read_images
 
 router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[AdminDep])
@@ -57,7 +60,6 @@ def _check_new(items: list[NewItem], settings: ServeSettings) -> np.ndarray:
 
 
 def _add(state: ServiceState, settings: ServeSettings, items: list[NewItem], xb: np.ndarray) -> int:
-    _, index = loaded(state)
     ids = np.asarray([it.id for it in items], dtype=np.int64)
     rows: list[dict[str, Any]] = [
         {
@@ -69,24 +71,38 @@ def _add(state: ServiceState, settings: ServeSettings, items: list[NewItem], xb:
         }
         for it in items
     ]
-    with state.lock.write():
-        taken = [int(i) for i, m in zip(ids, index.metadata(ids), strict=True) if m is not None]
-        if taken:
-            raise ApiError(409, f"ids already in the index: {taken[:20]}")
-        try:
-            index.add(ids, xb, rows)
-        except ValueError as err:  # IndexUpdateError: what the index refuses to store
-            raise ApiError(422, f"cannot add these items: {err}") from err
-        state.changed()
-        if settings.persist:
-            index.save()
-        return index.ntotal
+    with state.writer:
+        _, index = loaded(state)  # the index served now: a reload cannot swap it meanwhile
+        _check_paths(items, index, settings)
+        with state.lock.write():
+            taken = [int(i) for i, m in zip(ids, index.metadata(ids), strict=True) if m is not None]
+            if taken:
+                raise ApiError(409, f"ids already in the index: {taken[:20]}")
+            try:
+                index.add(ids, xb, rows)
+            except ValueError as err:  # IndexUpdateError: what the index refuses to store
+                raise ApiError(422, f"cannot add these items: {err}") from err
+            state.changed()
+            if settings.persist:
+                index.save()
+            return index.ntotal
+
+
+def _check_paths(items: list[NewItem], index: Index, settings: ServeSettings) -> None:
+    """422 unless every item's image path lies inside a gallery folder of `index`: the
+    thumbnail route would otherwise show any image file the server can read."""
+    folders = ImageFolders.of(manifest_dict(index.manifest), settings.image_roots)
+    for item in items:
+        if item.path is not None and folders.inside(item.path) is None:
+            raise ApiError(
+                422,
+                f"item {item.id}: path {item.path!r} is not inside a gallery folder of the "
+                f"index (symlinks followed); {folders.describe()}",
+            )
 
 
 @router.post("/items", response_model=ItemsChanged)
-async def add_items(
-    body: AddItemsRequest, request: Request, state: ReadyDep, settings: SettingsDep
-) -> ItemsChanged:
+async def add_items(body: AddItemsRequest, state: ReadyDep, settings: SettingsDep) -> ItemsChanged:
     """Add items given by their vectors (normalised here) and metadata."""
     _check_new(body.items, settings)
     _, index = loaded(state)
@@ -98,7 +114,7 @@ async def add_items(
     except ValueError as err:
         raise ApiError(422, f"item vectors must all have dimension {index.dim}") from err
     xb = normalise(xb, index.dim)
-    ntotal = await in_pool(request, _add, state, settings, body.items, xb)
+    ntotal = await state.write(_add, state, settings, body.items, xb)
     return ItemsChanged(added=len(body.items), ntotal=ntotal)
 
 
@@ -112,51 +128,47 @@ async def add_item_images(
     metrics: MetricsDep,
 ) -> ItemsChanged:
     """Add items given by images (embedded here) and their metadata, in the same order."""
-    try:
-        parsed = _ITEMS.validate_python(json.loads(items))
-    except (json.JSONDecodeError, ValidationError) as err:
-        raise ApiError(
-            422, f"items: expected a JSON list of {{id, coarse, fine, ...}}: {err}"
-        ) from err
+    parsed = parse_json_field(_ITEMS, items, "items", "a JSON list of {id, coarse, fine, ...}")
     if len(parsed) != len(images):
         raise ApiError(422, f"got {len(images)} images but {len(parsed)} items")
     _check_new(parsed, settings)
     payloads = await read_images(images, settings)
     xb, _ = await in_pool(request, embed_uploads, state, metrics, settings, payloads)
-    ntotal = await in_pool(request, _add, state, settings, parsed, xb)
+    ntotal = await state.write(_add, state, settings, parsed, xb)
     return ItemsChanged(added=len(parsed), ntotal=ntotal)
 
 
 def _remove(state: ServiceState, settings: ServeSettings, ids: list[int]) -> ItemsChanged:
-    _, index = loaded(state)
     xid = np.unique(np.asarray(ids, dtype=np.int64))
-    with state.lock.write():
-        found = index.metadata(xid)
-        present = np.asarray(
-            [i for i, m in zip(xid, found, strict=True) if m is not None], np.int64
-        )
-        missing = [int(i) for i, m in zip(xid, found, strict=True) if m is None]
-        if present.size:
-            try:
-                index.remove(present)
-            except (NotImplementedError, RuntimeError, ValueError) as err:
-                raise ApiError(409, f"cannot delete from this index: {err}") from err
-            state.changed()
-            if settings.persist:
-                index.save()
-        return ItemsChanged(removed=int(present.size), missing=missing, ntotal=index.ntotal)
+    with state.writer:
+        _, index = loaded(state)  # the index served now: a reload cannot swap it meanwhile
+        with state.lock.write():
+            found = index.metadata(xid)
+            present = np.asarray(
+                [i for i, m in zip(xid, found, strict=True) if m is not None], np.int64
+            )
+            missing = [int(i) for i, m in zip(xid, found, strict=True) if m is None]
+            if present.size:
+                try:
+                    index.remove(present)
+                except (NotImplementedError, RuntimeError, ValueError) as err:
+                    raise ApiError(409, f"cannot delete from this index: {err}") from err
+                state.changed()
+                if settings.persist:
+                    index.save()
+            return ItemsChanged(removed=int(present.size), missing=missing, ntotal=index.ntotal)
 
 
 @router.delete("/items", response_model=ItemsChanged)
 async def delete_items(
-    body: DeleteItemsRequest, request: Request, state: ReadyDep, settings: SettingsDep
+    body: DeleteItemsRequest, state: ReadyDep, settings: SettingsDep
 ) -> ItemsChanged:
     """Delete items by id; ids not in the index are listed as `missing`."""
-    return await in_pool(request, _remove, state, settings, body.ids)
+    return await state.write(_remove, state, settings, body.ids)
 
 
 @router.post("/reload", response_model=IndexSummary)
 async def reload(request: Request, state: ReadyDep) -> IndexSummary:
     """Load the index directory again (rebuilt by `coins index`) and swap it in."""
-    await in_pool(request, reload_index, request.app)
+    await state.write(reload_index, request.app)
     return summarize(state, request.app.state.settings)

@@ -3,17 +3,16 @@ coarse class), and images to vectors."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import TypeAdapter
 
 from coins.serve.api.deps import MetricsDep, ReadyDep, SettingsDep, in_pool, loaded
-from coins.serve.api.errors import ApiError, json_body_schema, parse_json_body
+from coins.serve.api.errors import ApiError, json_body_schema, parse_json_body, parse_json_field
 from coins.serve.api.observability import Metrics
 from coins.serve.api.schemas import (
     MAX_K,
@@ -38,6 +37,7 @@ from coins.serve.api.uploads import ImagesForm, Payload, embed_uploads, read_ima
 router = APIRouter(prefix="/v1", tags=["search"])
 
 COARSE_SHOWN = 3  # predicted coarse classes returned per image query
+_FILTER = TypeAdapter(Filter)
 
 
 def _check_k(k: int, settings: ServeSettings) -> None:
@@ -56,9 +56,35 @@ async def search(
     The body is parsed and the answer serialised in the search pool, by pydantic's own JSON
     code: a batch of vectors is thousands of floats, too slow for the event loop's thread."""
     start = time.perf_counter()
-    raw = await request.body()
+    _, index = loaded(state)
+    raw = await _read_body(request, settings, index.dim)
     payload = await in_pool(request, _search_json, state, metrics, settings, raw, start)
     return Response(payload, media_type="application/json")
+
+
+async def _read_body(request: Request, settings: ServeSettings, dim: int) -> bytes:
+    """The body, or 413 as soon as it is known to exceed `settings.max_search_bytes(dim)`: by
+    its Content-Length before a byte is read, or while a chunked body streams in. Nothing larger
+    is ever parsed."""
+    limit = settings.max_search_bytes(dim)
+
+    def too_large(size: str) -> ApiError:
+        return ApiError(
+            413,
+            f"request body of {size} bytes is more than this server's limit of {limit:,} bytes "
+            f"for a search ({settings.max_vectors} query vectors of dimension {dim}, a filter)",
+        )
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(f"{int(declared):,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"at least {size:,}")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _search_json(
@@ -79,6 +105,7 @@ def _search_json(
 
 def _search_body(state: ServiceState, metrics: Metrics, body: SearchRequest) -> list[QueryResult]:
     _, index = loaded(state)
+    allowed = allowed_ids(state, body.filter)  # first: a bad class number is a cheap 422
     exclude = None
     if body.ids is not None:
         exclude = np.asarray(body.ids, dtype=np.int64)
@@ -90,7 +117,6 @@ def _search_body(state: ServiceState, metrics: Metrics, body: SearchRequest) -> 
         except ValueError as err:  # ragged rows
             raise ApiError(422, f"query vectors must all have dimension {index.dim}") from err
     xq = normalise(xq, index.dim)
-    allowed = allowed_ids(state, body.filter)
     rows = knn(
         state,
         metrics,
@@ -106,12 +132,7 @@ def _search_body(state: ServiceState, metrics: Metrics, body: SearchRequest) -> 
 def _parse_filter(text: str | None) -> Filter | None:
     if text is None or not text.strip():
         return None
-    try:
-        return Filter.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as err:
-        raise ApiError(
-            422, f'filter: expected a JSON object like {{"coarse": [1]}}: {err}'
-        ) from err
+    return parse_json_field(_FILTER, text, "filter", 'a JSON object like {"coarse": [1]}')
 
 
 @router.post("/search/image", response_model=SearchResponse)
@@ -132,8 +153,8 @@ async def search_image(
     """Nearest neighbours of uploaded images, with the predicted coarse class."""
     start = time.perf_counter()
     _check_k(k, settings)
-    payloads = await read_images(images, settings)
     parsed = _parse_filter(filter)
+    payloads = await read_images(images, settings)
     found = await in_pool(
         request,
         _search_images,
@@ -163,9 +184,9 @@ def _search_images(
     with_metadata: bool,
 ) -> list[QueryResult]:
     embedder, index = loaded(state)
+    allowed = allowed_ids(state, filter_)  # before embedding: a bad class number is a cheap 422
     xq, probs = embed_uploads(state, metrics, settings, payloads)
     xq = normalise(xq, index.dim)
-    allowed = allowed_ids(state, filter_)
     names = embedder.coarse_classes
     if gate == "coarse":
         if probs is None:
