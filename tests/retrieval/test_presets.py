@@ -16,7 +16,7 @@ from coins.train import load_config, train
 from coins.train.config import preset_names
 
 TESTS = Path(__file__).parent
-CONFIGS = TESTS.parent / "configs"
+CONFIGS = TESTS.parents[1] / "configs"  # the repository root
 
 
 def grey_gallery(folder: Path, train: int = 128, test: int = 16, size: int = 28) -> Path:
