@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo-out
 
-.PHONY: demo demo-query test lint typecheck pytest clean
+.PHONY: demo demo-query test test-fast lint typecheck pytest clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,13 @@ typecheck: $(VENV)/.installed-test
 	mkdir -p .mypy_src && ln -sfn "$(CURDIR)" .mypy_src/coins
 	MYPYPATH=.mypy_src $(VENV)/bin/mypy -p coins
 
+# The whole suite, slow tests included: what CI runs (through `make test`).
 pytest: $(VENV)/.installed-test
 	$(VENV)/bin/pytest
+
+# The development loop: every test but those marked slow (over ~5 s each); not a CI substitute.
+test-fast: $(VENV)/.installed-test
+	$(VENV)/bin/pytest -m "not slow"
 
 test: lint typecheck pytest
 

@@ -25,7 +25,7 @@ import typer.core
 USER_ERRORS = {
     "coins.retrieval.onnx.export": "ExportError",
     "coins.train.loop": "TrainingDiverged",
-    "coins.serve.client.http": "ApiError",
+    "coins.serve.client.http": "SearchServiceError",
     "httpx": "HTTPError",
 }
 
@@ -200,7 +200,14 @@ def train_cmd(
 
     metrics = train(cfg, out, resume=resume)
     if metrics:
+        written = json.loads((out / "eval.json").read_text())
+        if "val" in written:  # the held-out split apart from the test split, evaluated once
+            typer.echo(f"val (held out of train):\n{format_table(written['val'])}")
+            typer.echo(f"{cfg.eval_split} (evaluated once):")
         typer.echo(format_table(metrics))
+        s = written.get("selection")
+        if s:
+            typer.echo(f"selection score on {s['split']}: {s['criterion']} {s['score']:.4f}")
     typer.echo(f"run directory: {out}")
 
 
@@ -235,6 +242,50 @@ def _verbatim(lines: list[str]) -> str:
 
 
 _register_train()
+
+
+@app.command("tune")
+def tune_cmd(
+    out: Path = Out("Search folder: best.yaml, trials.csv, trials.png and trials/."),
+    dataset: str | None = typer.Option(None, help="Data set name (default: --config's)."),
+    root: Path | None = ROOT,
+    option: list[str] | None = OPTION,
+    trials: int = typer.Option(20, min=1, help="Configurations to train."),
+    epochs: int = typer.Option(..., min=1, help="Epochs of every trial."),
+    methods: str | None = typer.Option(
+        None, help="Comma-separated methods to search (default: all that need no fine label)."
+    ),
+    val_fraction: float = typer.Option(0.2, help="Training images held out to select on."),
+    eval_every: int = typer.Option(1, min=1, help="Epochs between scores (and pruning)."),
+    seed: int = typer.Option(0, help="Seeds the held-out split, the trials and the search."),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: --config's)."),
+    config: Path | None = typer.Option(None, help="YAML file of the options not searched."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Any training option not searched."
+    ),
+) -> None:
+    """Choose the method, alpha, cos warm-up and the peers' w on held-out training images
+    (Optuna), never on test; writes OUT/best.yaml for `coins train --config`.
+
+    The score is fine R@1 on the held-out rows that have a fine label, else the label-free view
+    R@1 within coarse class (docs/method.md, "Selecting without labels").
+    """
+    from coins.retrieval.configs import parse_pairs
+    from coins.train.tune import COARSE_METHODS, tune
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else COARSE_METHODS
+    result = tune(
+        out, trials, epochs, dataset=dataset, root=root, dataset_options=_options(option),
+        config=config, overrides=parse_pairs(set_ or [], "--set"), methods=chosen,
+        val_fraction=val_fraction, eval_every=eval_every, seed=seed, device=device,
+        progress=True,
+    )  # fmt: skip
+    typer.echo(result.trials_csv.read_text().rstrip())
+    typer.echo(
+        f"best: trial {result.best_trial}, {result.criterion} {result.best_score:.4f} on val\n"
+        f"wrote {result.best_yaml}, {result.trials_csv}, {result.trials_png}\n"
+        f"train it: coins train --config {result.best_yaml} --out RUN"
+    )
 
 
 @app.command("export")
@@ -276,31 +327,43 @@ def export_cmd(
 @app.command("embed")
 def embed_cmd(
     model: Path = typer.Argument(..., help="ONNX model written by coins export."),
-    out: Path = Out("Folder for the shard files."),
+    out: Path = Out("The job's folder: embedding.json and chunk-NNNNNN.{npy,parquet,json}."),
     dataset: str | None = DATASET,
     split: str | None = SPLIT,
     root: Path | None = ROOT,
     option: list[str] | None = OPTION,
     images: Path | None = IMAGES,
     manifest: Path | None = MANIFEST,
-    shard: str = typer.Option("0/1", help="I/N: items i with i % N == I."),
+    nproc: int = typer.Option(1, help="Local processes (torchrun --standalone when > 1)."),
+    chunk_size: int = typer.Option(4096, help="Items per chunk: the unit of memory and resume."),
     batch_size: int = BATCH,
+    workers: int | None = typer.Option(None, help="Decoding workers per process (cores/procs)."),
     threads: int | None = THREADS,
     strict: bool = STRICT,
+    verify: str = typer.Option("fast", help="Check of finished chunks: fast (sizes) or full."),
 ) -> None:
-    """Embed one shard of a gallery: OUT/shard-IIIII-of-NNNNN.{npz,jsonl,json}."""
-    from coins.retrieval.onnx.runner import OnnxEmbedder, gallery_source
-    from coins.retrieval.shards import embed_gallery, parse_shard, shard_name
+    """Embed a gallery into OUT as a resumable job: a re-run skips the finished chunks.
 
-    index, count = parse_shard(shard)
-    gallery = gallery_source(dataset, split, root, _options(option), images, manifest)
-    embedder = OnnxEmbedder(model, threads=threads)
-    info = embed_gallery(embedder, gallery, out, (index, count), batch_size, strict)
-    for skipped in info["skipped"]:
-        typer.secho(f"skipped {skipped['path']}: {skipped['reason']}", err=True)
+    Under torchrun (RANK, WORLD_SIZE set) each process embeds chunks c % WORLD_SIZE == RANK:
+    on several machines, run this command through torchrun --nnodes N --node_rank R."""
+    from coins.retrieval.embed_job import EmbedJob, Rank, embed_job, launch_embed_job
+
+    if verify not in ("fast", "full"):
+        raise typer.BadParameter(f"expected fast or full, got {verify!r}", param_hint="--verify")
+    job = EmbedJob(
+        model, out, dataset, split, root, _options(option) or {}, images, manifest,
+        chunk_size=chunk_size, batch_size=batch_size, workers=workers, threads=threads,
+        strict=strict, verify=verify,  # type: ignore[arg-type]
+    )  # fmt: skip
+    if nproc > 1:
+        if "RANK" in os.environ:
+            raise ValueError("--nproc under torchrun: give torchrun --nproc_per_node instead")
+        raise typer.Exit(code=launch_embed_job(nproc, job, option or []))
+    done = embed_job(job, Rank.from_env(), log=lambda line: typer.echo(line, err=True))
     typer.echo(
-        f"shard {index}/{count}: {info['count']} of {len(gallery)} items embedded "
-        f"({len(info['skipped'])} skipped), dim {info['dim']} -> {out / shard_name(index, count)}"
+        f"rank {done['rank']}/{done['world_size']}: {done['written']} chunks written, "
+        f"{done['resumed']} already done; {done['embedded']} items embedded, "
+        f"{done['skipped']} skipped, {done['images_per_s']:.1f} images/s -> {out}"
     )
 
 
@@ -431,6 +494,7 @@ def index_build_cmd(
     target_recall: float = typer.Option(0.95, help="10-recall@10 to tune to."),
     max_memory_gb: float | None = typer.Option(None, help="Index memory budget of auto."),
     append: bool = typer.Option(False, help="Add to the index in --out."),
+    replace: bool = typer.Option(False, help="With --append: re-embed ids already there."),
     overwrite: bool = typer.Option(False, help="Replace the index in --out."),
     batch_size: int = BATCH,
     threads: int | None = THREADS,
@@ -444,7 +508,8 @@ def index_build_cmd(
         out, model=model, from_embeddings=from_embeddings, dataset=dataset, split=split,
         root=root, dataset_options=_options(option), images=images, manifest=manifest,
         index_key=index_type, target_recall=target_recall, max_memory_gb=max_memory_gb,
-        append=append, overwrite=overwrite, batch_size=batch_size, threads=threads, strict=strict,
+        append=append, replace=replace, overwrite=overwrite, batch_size=batch_size,
+        threads=threads, strict=strict,
     )  # fmt: skip
     for path, reason in failed:
         typer.secho(f"skipped {path}: {reason}", err=True)

@@ -4,12 +4,23 @@ One function, `gallery_source`, turns a data set split, a folder of images or a 
 into a `Gallery`; `coins embed` and `coins index` both enumerate through it, so an id means the
 same item in every shard and index. Metadata rows are plain JSON objects:
 ``{"id", "path" (or None), "coarse", "fine" (class names or None), extra manifest columns}``.
+
+Ids are stable, so that a second folder can join an index and a folder re-embedded after some
+files changed keeps its ids. The id scheme (`Gallery.id_scheme`, also in `source`):
+
+- "column": a manifest's own `id` column;
+- "path-hash-v1": files without one (a folder, a manifest without `id`): a 63-bit hash of the
+  path relative to the gallery root (the folder, or the manifest's folder), so the id depends
+  neither on the other files nor on where the gallery is mounted; a collision is refused;
+- "dataset": a registered data set's own ids.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+import hashlib
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from .data import DatasetError, RetrievalDataset, build_dataset, dataset_splits
+from .data.csv_gallery import OPTIONAL, REQUIRED
 from .data.images import FileDataset, is_image_file, load_image
-from .data.manifest import OPTIONAL, REQUIRED
 
 
 @dataclass
@@ -32,14 +43,16 @@ class Gallery:
 
     ids: np.ndarray  # int64 [N], unique
     rows: list[dict[str, Any]]  # [N] metadata rows, rows[i]["id"] == ids[i]
-    source: dict[str, Any]  # what was enumerated: kind, data set or folder or file, split
+    source: dict[str, Any]  # what was enumerated: kind, data set/folder/file, split, id_scheme
     paths: list[Path] | None  # [N] image files, or None
     load: Callable[[int], Image.Image]  # image of position i
+    id_scheme: str = "dataset"  # one of ID_SCHEMES
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         assert self.ids.dtype == np.int64 and self.ids.shape == (n,), "ids must be int64 [N]"
         assert len(self.rows) == n and (self.paths is None or len(self.paths) == n)
+        assert self.id_scheme in ID_SCHEMES, self.id_scheme
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,22 +60,45 @@ class Gallery:
     def image(self, index: int) -> Image.Image:
         return self.load(index)
 
-    def shard(self, index: int, count: int) -> Gallery:
-        """Shard `index` of `count`: the items at positions i with i % count == index.
-
-        Interleaving (rather than contiguous ranges) keeps shards balanced when the source is
-        sorted by class or by folder, and a shard's items do not depend on the other shards.
-        """
-        if not 0 <= index < count:
-            raise ValueError(f"expected shard index in [0, {count}), got {index} of {count}")
-        keep = np.arange(index, len(self), count)
+    def subset(self, positions: np.ndarray) -> Gallery:
+        """The items at `positions` (int [n]), in that order."""
+        keep = np.asarray(positions, dtype=np.int64)
         return Gallery(
             ids=self.ids[keep],
             rows=[self.rows[i] for i in keep],
             source=self.source,
             paths=None if self.paths is None else [self.paths[i] for i in keep],
             load=lambda j: self.load(int(keep[j])),
+            id_scheme=self.id_scheme,
         )
+
+
+ID_SCHEMES = ("column", "path-hash-v1", "dataset")
+
+
+def path_id(relpath: str) -> int:
+    """The stable id of a file: blake2b (8-byte digest) of its POSIX relative path, as an
+    int64 >= 0 (63 bits: FAISS ids are signed, and -1 means "no result")."""
+    digest = hashlib.blake2b(relpath.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def path_ids(paths: Sequence[Path], root: Path) -> np.ndarray:
+    """int64 [N] ids of `paths` by `path_id` of their path relative to `root`; two paths with
+    one id (the same file listed twice, or a hash collision) are refused, both named."""
+    base = os.path.abspath(root)
+    rel = [os.path.relpath(os.path.abspath(p), base).replace(os.sep, "/") for p in paths]
+    ids = np.array([path_id(r) for r in rel], dtype=np.int64)
+    if len(np.unique(ids)) != len(ids):
+        first: dict[int, str] = {}
+        for r, i in zip(rel, ids.tolist(), strict=True):
+            if i in first:
+                raise DatasetError(
+                    f"{root}: {first[i]!r} and {r!r} have the same path-hash id {i}; expected "
+                    "unique paths (give the manifest an `id` column to choose ids yourself)"
+                )
+            first[i] = r
+    return ids
 
 
 def gallery_source(
@@ -103,28 +139,40 @@ def from_dataset(
     data: RetrievalDataset,
     source: dict[str, Any],
     extras: list[dict[str, str]] | None = None,
+    root: Path | None = None,
 ) -> Gallery:
-    """A gallery of every item of `data`, in order."""
+    """A gallery of every item of `data`, in order: ids by path hash relative to `root` when
+    given (files without ids of their own), else the data set's ids."""
     paths = [p.resolve() for p in data.paths] if isinstance(data, FileDataset) else None
+    if root is not None:
+        assert isinstance(data, FileDataset), "path-hash ids need files"
+        ids, scheme = path_ids(data.paths, root), "path-hash-v1"
+    else:
+        ids, scheme = data.ids.astype(np.int64), source.get("id_scheme", "dataset")
     return Gallery(
-        ids=data.ids.astype(np.int64),
-        rows=metadata_rows(data, extras),
-        source=source,
+        ids=ids,
+        rows=metadata_rows(data, extras, ids),
+        source=source | {"id_scheme": scheme},
         paths=paths,
         load=data.image,
+        id_scheme=scheme,
     )
 
 
 def metadata_rows(
-    data: RetrievalDataset, extras: list[dict[str, str]] | None = None
+    data: RetrievalDataset,
+    extras: list[dict[str, str]] | None = None,
+    ids: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """One JSON row per item: id, path (None unless files), coarse and fine class names."""
+    """One JSON row per item: id (`ids`, default the data set's), path (None unless files),
+    coarse and fine class names."""
+    ids = data.ids if ids is None else ids
     fine = data.fine_labels
     rows = []
     for i in range(len(data)):
         f = -1 if fine is None else int(fine[i])
         row: dict[str, Any] = {
-            "id": int(data.ids[i]),
+            "id": int(ids[i]),
             "path": str(data.paths[i].resolve()) if isinstance(data, FileDataset) else None,
             "coarse": data.coarse_classes[int(data.coarse_labels[i])],
             "fine": data.fine_classes[f] if f >= 0 and data.fine_classes else None,
@@ -139,14 +187,17 @@ def _images_gallery(folder: Path, split: str | None) -> Gallery:
         return _flat_folder(folder)
     split = _one_split("folder", split, folder)
     source = {"kind": "images", "root": str(folder), "split": split}
-    return from_dataset(build_dataset("folder", split, folder), source)
+    return from_dataset(build_dataset("folder", split, folder), source, root=folder)
 
 
 def _manifest_gallery(path: Path, split: str | None) -> Gallery:
     split = _one_split("csv", split, path)
     data = build_dataset("csv", split, path)
+    header, extras = _manifest_extras(path, split, len(data))
     source = {"kind": "manifest", "path": str(path), "split": split}
-    return from_dataset(data, source, _manifest_extras(path, split, len(data)))
+    if "id" in header:
+        return from_dataset(data, source | {"id_scheme": "column"}, extras)
+    return from_dataset(data, source, extras, root=path.parent)
 
 
 def _one_split(name: str, split: str | None, root: str | Path | None) -> str:
@@ -170,19 +221,25 @@ def _flat_folder(folder: Path) -> Gallery:
     paths = [p for p in paths if is_image_file(p)]
     if not paths:
         raise DatasetError(f"{folder}: expected image files or <coarse>/<fine>/ folders")
-    rows = [{"id": i, "path": str(p), "coarse": None, "fine": None} for i, p in enumerate(paths)]
+    ids = path_ids(paths, folder)
+    rows = [
+        {"id": int(i), "path": str(p), "coarse": None, "fine": None}
+        for i, p in zip(ids, paths, strict=True)
+    ]
+    scheme = "path-hash-v1"
     return Gallery(
-        ids=np.arange(len(paths), dtype=np.int64),
+        ids=ids,
         rows=rows,
-        source={"kind": "images", "root": str(folder), "split": None},
+        source={"kind": "images", "root": str(folder), "split": None, "id_scheme": scheme},
         paths=paths,
         load=lambda i: load_image(paths[i]),
+        id_scheme=scheme,
     )
 
 
-def _manifest_extras(path: Path, split: str, n: int) -> list[dict[str, str]]:
-    """The manifest's columns beyond path/coarse/fine/id/split, for the rows of `split`,
-    read the way the `csv` data set reads them (blank lines skipped, cells stripped)."""
+def _manifest_extras(path: Path, split: str, n: int) -> tuple[list[str], list[dict[str, str]]]:
+    """The manifest's header, and its columns beyond path/coarse/fine/id/split for the rows of
+    `split`, read the way the `csv` data set reads them (blank lines skipped, cells stripped)."""
     with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.reader(file)
         header = [name.strip() for name in next(reader, [])]
@@ -195,7 +252,7 @@ def _manifest_extras(path: Path, split: str, n: int) -> list[dict[str, str]]:
     if "split" in header:
         rows = [r for r in rows if r["split"] == split]
     assert len(rows) == n, "the csv data set and the manifest disagree on the rows"
-    return [{c: r[c] for c in extra} for r in rows]
+    return header, [{c: r[c] for c in extra} for r in rows]
 
 
 def _str(root: str | Path | None) -> str | None:

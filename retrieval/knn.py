@@ -1,8 +1,10 @@
-"""Exact leave-one-out k-nearest-neighbour search by inner product, block by block.
+"""Exact k-nearest-neighbour search by inner product, block by block: the one exact search.
 
-Every retrieval metric needs, for each item, its nearest *other* items. The whole set is the
-database (xb) and each block of it in turn the queries (xq); the N x N score matrix is never
-formed, only one block's [b, k] results.
+Every retrieval metric needs, for each item, its nearest *other* items (`exact_knn`): the whole
+set is the database (xb) and each block of it in turn the queries (xq); the N x N score matrix
+is never formed, only one block's [b, k] results. `nearest` is the same search for other
+queries (report grids, an index's ground truth), with an optional row to exclude per query
+and an optional allowed subset of the database.
 """
 
 # FAISS names its results D (scores) and I (ids); E741 would rename I.
@@ -58,7 +60,51 @@ def _blocks(
     for start in range(0, n, block_size):
         q = np.arange(start, min(start + block_size, n))  # [b]
         # No local names for D, I: the frame must not keep a block alive while the next runs.
-        yield (start, *_search_others(xb, q, k_out, k_search))
+        yield (start, *_search_others(xb[q], xb, q, k_out, k_search))
+
+
+def nearest(
+    xq: np.ndarray,
+    xb: np.ndarray,
+    k: int,
+    *,
+    exclude: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """D, I [nq, k']: the k' = min(k, available) rows of xb nearest each row of xq by inner
+    product, in the tie order of exact_knn; I holds row numbers of xb.
+
+    `exclude` [nq]: row number of xb that query q never retrieves (itself; -1 for none).
+    `allowed`: row numbers of xb (or a bool mask [N]) searched, all rows without it; a copy
+    of those rows is searched. Queries go in blocks as in exact_knn.
+    """
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if xq.ndim != 2 or xb.ndim != 2 or xq.shape[1] != xb.shape[1]:
+        raise ValueError(f"expected xq [nq, d] and xb [N, d], got {xq.shape} and {xb.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    rows = np.arange(len(xb)) if allowed is None else np.asarray(allowed)
+    if rows.dtype == bool:
+        rows = np.flatnonzero(rows)
+    # exclusion by position among the searched rows (-1 where the excluded row is not searched)
+    drop = np.full(len(xq), -1) if exclude is None else np.asarray(exclude)
+    if len(drop) != len(xq):
+        raise ValueError(f"expected exclude [nq = {len(xq)}], got {drop.shape}")
+    pos = np.searchsorted(rows, drop).clip(max=max(len(rows) - 1, 0))
+    drop = np.where((len(rows) > 0) & (rows[pos] == drop), pos, -1)
+    db = np.ascontiguousarray(xb if allowed is None else xb[rows], dtype=np.float32)
+    n = len(db)
+    k_out = min(k, n - int((drop >= 0).any()))
+    if k_out < 1:
+        return np.empty((len(xq), 0), np.float32), np.empty((len(xq), 0), np.int64)
+    k_search = min(n, k_out + 1 + MARGIN)
+    block = max(1, min(MAX_BLOCK, BLOCK_BYTES // (k_search * 12)))
+    D = np.empty((len(xq), k_out), np.float32)
+    I = np.empty((len(xq), k_out), np.int64)
+    for s in range(0, len(xq), block):
+        b = slice(s, s + block)
+        D[b], I[b] = _search_others(xq[b], db, drop[b], k_out, k_search)
+    return D, rows[I]
 
 
 def _check_x(x: np.ndarray) -> np.ndarray:
@@ -77,23 +123,26 @@ def _check_x(x: np.ndarray) -> np.ndarray:
 
 
 def _search_others(
-    xb: np.ndarray, q: np.ndarray, k_out: int, k_search: int
+    xq: np.ndarray, xb: np.ndarray, q: np.ndarray, k_out: int, k_search: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The k_out nearest others of queries xb[q]: D, I [b, k']. Rows whose tie at the
-    cut-off may go on past the searched window are searched again, twice as wide."""
-    D, I, open_ = _search_once(xb, q, k_out, k_search)
+    """The k_out nearest rows of xb to queries xq [b, d] other than row q[i] of query i (-1:
+    none): D, I [b, k']. Rows whose tie at the cut-off may go on past the searched window
+    are searched again, twice as wide."""
+    D, I, open_ = _search_once(xq, xb, q, k_out, k_search)
     if open_.any():
         rows = np.flatnonzero(open_)
-        D[rows], I[rows] = _search_others(xb, q[rows], k_out, min(len(xb), 2 * k_search))
+        wider = min(len(xb), 2 * k_search)
+        D[rows], I[rows] = _search_others(xq[rows], xb, q[rows], k_out, wider)
     return D, I
 
 
 def _search_once(
-    xb: np.ndarray, q: np.ndarray, k_out: int, k_search: int
+    xq: np.ndarray, xb: np.ndarray, q: np.ndarray, k_out: int, k_search: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One FAISS search of k_search: D, I [b, k'] in tie order, and the rows left open."""
-    D, I = faiss.knn(xb[q], xb, k_search, metric=faiss.METRIC_INNER_PRODUCT)  # [b, kk]
-    D, I = _drop_self(D, I, q)  # [b, kk - 1]
+    D, I = faiss.knn(xq, xb, k_search, metric=faiss.METRIC_INNER_PRODUCT)  # [b, kk]
+    if k_search > k_out:  # one entry to spare: the query itself, else the row's last
+        D, I = _drop_self(D, I, q)  # [b, kk - 1]
     assert (D[:, :-1] >= D[:, 1:]).all(), "FAISS rows must be sorted by descending score"
     tie = D[:, :-1] - D[:, 1:] <= TIE_TOL  # [b, kk - 2] entry j ties with entry j + 1
     _order_ties(D, I, tie, len(xb))

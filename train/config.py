@@ -67,8 +67,14 @@ class TrainConfig:
     device: str = "cpu"  # cpu or cuda (with --nproc: one GPU per process)
     amp: bool = True  # mixed precision on CUDA only
     num_workers: int = 2  # data-loader processes
+    cache_images_mb: int = 1024  # file galleries: decoded into memory once if they fit (0: never)
     eval_every: int = 0  # epochs between test evaluations; 0: only at the end
-    eval_split: str = "test"  # split of the evaluations
+    eval_split: str = "test"  # split of the final evaluation; val: the held-out split only
+    # Held out of the training split per coarse class, seeded by `seed` (retrieval/data/
+    # holdout.py); with it, every evaluation during training is on `val` and the eval split is
+    # evaluated once at the end, so no choice made on the evaluations sees the test split.
+    val_fraction: float = 0.0  # fraction of training images held out as the val split
+    select_by: str = "auto"  # selection score: auto (fine R@1 if val has fine labels) | view | fine
     eval_which: str = "backbone"  # backbone | head
     log_every: int = 50  # steps between JSON-lines log records
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -85,6 +91,12 @@ class TrainConfig:
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
         if self.eval_which not in ("backbone", "head"):
             raise ValueError(f"eval_which {self.eval_which!r}: expected backbone or head")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.eval_split == "val" and self.val_fraction == 0:
+            raise ValueError("eval_split val needs a val_fraction above 0 (the held-out share)")
+        if self.select_by not in ("auto", "view", "fine"):
+            raise ValueError(f"select_by {self.select_by!r}: expected auto, view or fine")
 
     @property
     def uses_queue(self) -> bool:

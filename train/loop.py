@@ -8,6 +8,7 @@ next epoch reads (both encoders, queue, classifier, bank, proxies, optimiser).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from ..retrieval.data import (
     build_dataset,
     train_transform,
 )
-from ..retrieval.evaluate import Metrics, evaluate
+from ..retrieval.data.holdout import HeldOut, holdout
+from ..retrieval.data.images import FileDataset
+from ..retrieval.evaluate import Metrics, embed_dataset, metrics_from_embeddings
 from ..retrieval.models import Which
 from . import distributed as dist
 from .builder import CoInsModel
@@ -33,6 +36,7 @@ from .config import TrainConfig
 from .methods import METHODS
 from .metrics_log import MetricsLog
 from .schedule import lr_at
+from .selection import selection_score
 
 LAST = "last.pt"  # checkpoint written every `checkpoint_every` epochs; --resume reads it
 FINAL = "checkpoint.pt"  # the final model
@@ -44,6 +48,7 @@ class TrainingDiverged(RuntimeError):
 
 def _loader(data: RetrievalDataset, cfg: TrainConfig, epoch: int) -> DataLoader:
     rank, size = dist.world()
+    _prepare_files(data, cfg)
     base = train_transform(cfg.model.preprocess, cfg.augment)
     transform = TwoViews(base) if cfg.uses_queue else base
     # The sampler also runs alone (one replica) so the data order depends on (seed, epoch) only.
@@ -59,8 +64,21 @@ def _loader(data: RetrievalDataset, cfg: TrainConfig, epoch: int) -> DataLoader:
         num_workers=cfg.num_workers,
         drop_last=True,
         persistent_workers=False,
+        pin_memory=torch.device(cfg.device).type == "cuda",  # faster, asynchronous copies
         generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
     )
+
+
+def _prepare_files(data: RetrievalDataset, cfg: TrainConfig) -> None:
+    """A gallery of files decodes JPEG no larger than the model needs, and is decoded into memory
+    once, before the first epoch's workers start, when it fits `cfg.cache_images_mb`; then every
+    epoch reads pixels as an in-memory data set does. Data sets already in memory are untouched."""
+    files = data.base if isinstance(data, HeldOut) else data
+    if not isinstance(files, FileDataset):
+        return
+    files.min_side = cfg.model.preprocess.input_size
+    if cfg.cache_images_mb > 0 and files.decoded is None:
+        files.cache_images(cfg.cache_images_mb, cfg.device)
 
 
 def _optimizer(cfg: TrainConfig, model: CoInsModel) -> torch.optim.Optimizer:
@@ -91,11 +109,29 @@ def _check_sizes(cfg: TrainConfig, data: RetrievalDataset) -> int:
     return steps
 
 
+def _splits(cfg: TrainConfig) -> tuple[RetrievalDataset, RetrievalDataset | None]:
+    """The images training sees, and the held-out val split (None when val_fraction is 0)."""
+    full = build_dataset(cfg.dataset, "train", cfg.root, **cfg.dataset_options)
+    if cfg.val_fraction == 0:
+        return full, None
+    return holdout(full, cfg.val_fraction, cfg.seed)
+
+
 def _evaluate(
-    model: CoInsModel, data: RetrievalDataset, cfg: TrainConfig, device: torch.device
-) -> Metrics:
+    model: CoInsModel, data: RetrievalDataset, cfg: TrainConfig, device: torch.device, select: bool
+) -> dict[str, Any]:
+    """{"split", "fine", "coarse"} of `data`, and "selection" (train/selection.py) if `select`."""
     which: Which = "head" if cfg.eval_which == "head" else "backbone"
-    return evaluate(model.encoder_q, data, which=which, device=device, progress=False)
+    x = embed_dataset(model.encoder_q, data, which=which, device=device, progress=False)
+    record: dict[str, Any] = {
+        "split": data.split,
+        **metrics_from_embeddings(x, data.coarse_labels, data.fine_labels),
+    }
+    if select:
+        record["selection"] = selection_score(
+            model.encoder_q, data, cfg.augment, x, cfg.select_by, which, device
+        )
+    return record
 
 
 def _save(
@@ -137,6 +173,7 @@ RESUME_MAY_DIFFER = frozenset(
         "device",  # move the run to another machine or GPU
         "root",  # the same data set can live elsewhere there (dataset and options still match)
         "num_workers",  # loader processes for that machine's cores
+        "cache_images_mb",  # that machine's memory
         "max_steps",  # a stop condition for smoke runs, not part of the run
         "log_every",  # the three cadences: bookkeeping only
         "eval_every",
@@ -190,18 +227,38 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+OnEval = Callable[[dict[str, Any]], None]
+
+
 def train(
-    cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_eval: OnEval | None = None,
 ) -> Metrics:
-    """Train `cfg.method` and return the final test metrics (also in OUT/eval.json)."""
+    """Train `cfg.method` and return the final metrics of the eval split (also in OUT/eval.json,
+    with the selection score and, when a val split is held out, its metrics under "val").
+
+    `on_eval` receives each evaluation record (a metrics.jsonl "eval" line: epoch, split,
+    metrics, selection) on the main process; an exception it raises stops the run (`coins
+    tune` prunes trials this way).
+    """
     distributed = dist.setup(cfg.device)
     try:
-        return _train(cfg, Path(out), resume, progress and dist.is_main(), distributed)
+        return _train(cfg, Path(out), resume, progress and dist.is_main(), distributed, on_eval)
     finally:
         dist.teardown()
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distributed: bool) -> Metrics:
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    distributed: bool,
+    on_eval: OnEval | None = None,
+) -> Metrics:
     rank, _ = dist.world()
     if not resume and (out / LAST).exists():
         raise FileExistsError(
@@ -212,9 +269,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distribute
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(cfg.seed)  # model init: the same on every rank
-    train_set = build_dataset(cfg.dataset, "train", cfg.root, **cfg.dataset_options)
+    train_set, val_set = _splits(cfg)  # held-out items never train
     steps_per_epoch = _check_sizes(cfg, train_set)
-    eval_set = build_dataset(cfg.dataset, cfg.eval_split, cfg.root, **cfg.dataset_options)
+    test_set = None
+    if cfg.eval_split != "val":
+        test_set = build_dataset(cfg.dataset, cfg.eval_split, cfg.root, **cfg.dataset_options)
+    watched = val_set if val_set is not None else test_set  # the evaluations during training
+    assert watched is not None, "eval_split val without val_fraction (TrainConfig checks)"
     method = METHODS[cfg.method]
     if "fine" in method.labels and train_set.fine_labels is None:
         raise ValueError(f"method {method.name} needs fine labels; {cfg.dataset} has none")
@@ -235,7 +296,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distribute
         write_json(out / "config.json", cfg.to_dict())
     log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
     M = cfg.proxy_start_epoch or cfg.epochs // 2
-    metrics: Metrics = {}
+    record: dict[str, Any] = {}
     epoch = max(start - 1, 0)  # a finished run resumed: nothing left to train
     for epoch in range(start, cfg.epochs):
         if model.proxies is not None and epoch >= M:
@@ -261,13 +322,25 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, distribute
         if dist.is_main() and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
             _save(out / LAST, model, opt, cfg, epoch, step, train_set)
         if dist.is_main() and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-            metrics = _evaluate(model, eval_set, cfg, device)
-            log.write({"event": "eval", "epoch": epoch + 1, "step": step, **metrics})
+            record = _evaluate(model, watched, cfg, device, select=True)
+            record = {"epoch": epoch + 1, "step": step, **record}
+            log.write({"event": "eval", **record})
+            if on_eval is not None:
+                on_eval(record)
         if last:
             break
+    metrics: Metrics = {}
     if dist.is_main():
         _save(out / FINAL, model, opt, cfg, epoch, step, train_set)
-        write_json(out / "eval.json", metrics)
+        result = {k: v for k, v in record.items() if k in ("fine", "coarse", "selection")}
+        if record and val_set is not None and test_set is not None:
+            # the test split, once, after every choice made on val
+            test = _evaluate(model, test_set, cfg, device, False)
+            log.write({"event": "test", "epoch": epoch + 1, "step": step, **test})
+            val = {"fine": record["fine"], "coarse": record["coarse"]}
+            result = {**result, "fine": test["fine"], "coarse": test["coarse"], "val": val}
+        metrics = {"fine": result["fine"], "coarse": result["coarse"]} if result else {}
+        write_json(out / "eval.json", result)
     return metrics
 
 

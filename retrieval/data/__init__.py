@@ -4,7 +4,7 @@ Importing this package registers the built-in data sets: synthetic-patches, fash
 cifar100, sop, folder and csv.
 """
 
-from . import cifar100, fashion_mnist, folder, manifest, sop, synthetic  # noqa: F401 (register)
+from . import cifar100, csv_gallery, fashion_mnist, folder, sop, synthetic  # noqa: F401 (register)
 from .base import DatasetError, Item, RetrievalDataset
 from .images import load_image
 from .registry import (

@@ -3,7 +3,8 @@
 The preprocessing comes only from the model's own metadata (written by `coins export`), so
 training, indexing and serving cannot disagree on it. Galleries (a data set split, a folder of
 images, a CSV manifest) are enumerated once, with stable ids and metadata rows, by
-`gallery_source`; `retrieval/shards.py` carries a gallery's embeddings between machines.
+`gallery_source`; `embed_items` embeds one in memory (`coins index MODEL`), and
+`retrieval/embed_job.py` streams one into shards (`coins embed`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -52,7 +53,9 @@ __all__ = [
     "EmbedError",
     "EmbedResult",
     "Gallery",
+    "GalleryEmbedding",
     "OnnxEmbedder",
+    "embed_items",
     "gallery_source",
     "metadata_rows",
     "model_sha256",
@@ -150,6 +153,11 @@ class OnnxEmbedder:
                 raise EmbedError(f"{self.path}: metadata and outputs disagree on {name!r}")
 
     @property
+    def provider(self) -> str:
+        """The execution provider running the model (CUDA when chosen, else CPU)."""
+        return str(self.session.get_providers()[0])
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, S, S) of one preprocessed image."""
         pre = self.preprocess
@@ -242,6 +250,38 @@ class OnnxEmbedder:
                 part.rows = np.array(rows, dtype=np.int64)
                 parts.append(part)
         return _concat(parts, self), failed
+
+
+@dataclass
+class GalleryEmbedding:
+    """A gallery's embeddings: the good items' ids, vectors and rows, and what was skipped."""
+
+    ids: np.ndarray  # int64 [n]
+    vectors: np.ndarray  # float32 [n, D], L2-normalised
+    rows: list[dict[str, Any]]  # [n] metadata rows, in the order of ids
+    skipped: list[dict[str, Any]]  # {"id", "path", "reason"} of each undecodable file
+
+
+def embed_items(
+    model: OnnxEmbedder,
+    gallery: Gallery,
+    batch_size: int = 64,
+    strict: bool = False,
+    progress: bool = True,
+) -> GalleryEmbedding:
+    """Embed every item of `gallery` in memory; undecodable files are skipped and listed, or
+    raise EmbedError when `strict`."""
+    if gallery.paths is not None:
+        result, failed = model.embed_files(gallery.paths, batch_size, strict, progress)
+    else:
+        result, failed = model.embed_dataset(gallery, batch_size, progress), []
+    failed_rows = np.setdiff1d(np.arange(len(gallery)), result.rows)  # ascending, as `failed`
+    skipped = [
+        {"id": int(gallery.ids[i]), "path": str(p), "reason": reason}
+        for i, (p, reason) in zip(failed_rows, failed, strict=True)
+    ]
+    rows = [gallery.rows[i] for i in result.rows]
+    return GalleryEmbedding(gallery.ids[result.rows], result.vectors, rows, skipped)
 
 
 def _session(path: Path, threads: int | None, providers: list[str]) -> ort.InferenceSession:

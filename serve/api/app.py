@@ -22,8 +22,9 @@ from fastapi.staticfiles import StaticFiles
 
 from coins import __version__
 from coins.serve.api.errors import add_body_schemas, install_error_handlers
+from coins.serve.api.limits import BodyLimits
 from coins.serve.api.loading import Artifacts, OnnxArtifacts, load_all, set_faiss_threads
-from coins.serve.api.observability import Metrics, RequestMetrics
+from coins.serve.api.observability import RequestMetrics, ServiceMetrics
 from coins.serve.api.routes import admin as routes_admin
 from coins.serve.api.routes import items as routes_items
 from coins.serve.api.routes import ops as routes_ops
@@ -70,20 +71,20 @@ def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> F
     app.state.settings = settings
     app.state.artifacts = artifacts or OnnxArtifacts()
     app.state.service = ServiceState()
-    app.state.metrics = Metrics()
+    app.state.metrics = ServiceMetrics()
     app.state.thumbnails = None
     install_error_handlers(app)
     for module in (routes_ops, routes_search, routes_items, routes_admin):
         app.include_router(module.router)
     _mount_page(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(
-        RequestMetrics,
-        metrics=app.state.metrics,
+    app.add_middleware(  # the inner one: the last added runs first
+        BodyLimits,
         max_body=settings.max_request_bytes,
         idle_timeout=settings.body_idle_timeout_s,
         total_timeout=settings.body_timeout_s,
     )
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app
 
 

@@ -13,10 +13,10 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Header, Request
 
 from coins.serve.api.errors import ApiError
-from coins.serve.api.observability import Metrics
+from coins.serve.api.observability import ServiceMetrics
 from coins.serve.api.schemas import IndexSummary
 from coins.serve.api.settings import ServeSettings
-from coins.serve.api.state import Embedder, Index, ServiceState
+from coins.serve.api.state import Index, QueryEmbedder, ServiceState
 
 T = TypeVar("T")
 
@@ -26,8 +26,8 @@ def get_settings(request: Request) -> ServeSettings:
     return settings
 
 
-def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
+def get_metrics(request: Request) -> ServiceMetrics:
+    metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 
 
@@ -68,13 +68,13 @@ async def in_pool(request: Request, fn: Callable[..., T], *args: object, **kwarg
     return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
 
 
-def loaded(state: ServiceState) -> tuple[Embedder, Index]:
+def loaded(state: ServiceState) -> tuple[QueryEmbedder, Index]:
     assert state.embedder is not None and state.index is not None
     return state.embedder, state.index
 
 
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 StateDep = Annotated[ServiceState, Depends(get_state)]
 ReadyDep = Annotated[ServiceState, Depends(get_ready_state)]
 AdminDep = Depends(require_admin)

@@ -13,9 +13,9 @@ from PIL import Image
 
 from coins.serve.api.deps import manifest_dict
 from coins.serve.api.errors import ApiError
-from coins.serve.api.observability import Metrics
+from coins.serve.api.observability import ServiceMetrics
 from coins.serve.api.settings import ServeSettings
-from coins.serve.api.state import Embedder, Index, ServiceState
+from coins.serve.api.state import Index, QueryEmbedder, ServiceState
 from coins.serve.api.thumbnails import Thumbnails
 
 log = logging.getLogger("coins.serve")
@@ -24,17 +24,17 @@ log = logging.getLogger("coins.serve")
 class Artifacts(Protocol):
     """Where the model and index come from: the ONNX file and index folder, or a test's fakes."""
 
-    def load_model(self, settings: ServeSettings) -> Embedder: ...
+    def load_model(self, settings: ServeSettings) -> QueryEmbedder: ...
     def load_index(self, settings: ServeSettings, model_sha256: str) -> Index: ...
 
 
 class OnnxArtifacts:
     """The exported ONNX model (`coins export`) and the FAISS index folder (`coins index`)."""
 
-    def load_model(self, settings: ServeSettings) -> Embedder:
+    def load_model(self, settings: ServeSettings) -> QueryEmbedder:
         from coins.retrieval.onnx.runner import OnnxEmbedder
 
-        embedder: Embedder = OnnxEmbedder(settings.model, threads=settings.threads)
+        embedder: QueryEmbedder = OnnxEmbedder(settings.model, threads=settings.threads)
         return embedder
 
     def load_index(self, settings: ServeSettings, model_sha256: str) -> Index:
@@ -53,7 +53,7 @@ def set_faiss_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-def warm_up(embedder: Embedder | None, index: Index) -> None:
+def warm_up(embedder: QueryEmbedder | None, index: Index) -> None:
     """One embedding and one search, so the first real request pays no lazy initialisation."""
     if embedder is not None:
         preprocess = getattr(embedder, "preprocess", None)
@@ -69,7 +69,7 @@ def load_all(app: FastAPI) -> None:
     settings: ServeSettings = app.state.settings
     state: ServiceState = app.state.service
     artifacts: Artifacts = app.state.artifacts
-    metrics: Metrics = app.state.metrics
+    metrics: ServiceMetrics = app.state.metrics
     start = time.perf_counter()
     try:
         embedder = artifacts.load_model(settings)

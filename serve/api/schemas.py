@@ -1,11 +1,13 @@
-"""Request and response bodies of the API, kept apart from the index and model types."""
+"""Request and response bodies of the API, kept apart from the index and model types.
+
+Vectors are checked (shape, finite, non-zero) once, where they become arrays:
+`coins.serve.api.search.normalise`, with the dimension of the index loaded."""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_K = 1000  # the hard ceiling; a server may set a lower one (ServeSettings.max_k)
 MAX_BATCH = 100_000  # schema ceiling on vectors/ids; the server's own limit is lower
@@ -15,15 +17,6 @@ ItemId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # FAISS ids are int64
 # a class name as stored in the index, or a number: the class's position in the index's list;
 # strict: a JSON float (2.5, 1e10) is refused, not truncated into some class number
 Label = str | Annotated[int, Field(strict=True)]
-
-
-def _check_finite(vectors: list[Vector] | None) -> list[Vector] | None:
-    if vectors is None:
-        return None
-    for i, v in enumerate(vectors):
-        if not all(math.isfinite(x) for x in v):
-            raise ValueError(f"vector {i} has NaN or infinite values")
-    return vectors
 
 
 class Filter(BaseModel):
@@ -46,11 +39,6 @@ class SearchRequest(BaseModel):
     k: int = Field(default=10, ge=1, le=MAX_K)
     filter: Filter | None = None
     with_metadata: bool = True
-
-    @field_validator("vectors")
-    @classmethod
-    def _finite(cls, vectors: list[Vector] | None) -> list[Vector] | None:
-        return _check_finite(vectors)
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchRequest:
@@ -113,12 +101,6 @@ class NewItem(BaseModel):
     coarse: Label | None = None
     fine: Label | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("vector")
-    @classmethod
-    def _finite(cls, vector: Vector | None) -> Vector | None:
-        _check_finite(None if vector is None else [vector])
-        return vector
 
 
 class AddItemsRequest(BaseModel):

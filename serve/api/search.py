@@ -16,13 +16,17 @@ from typing import Any
 import numpy as np
 
 from coins.serve.api.errors import ApiError
-from coins.serve.api.observability import Metrics
+from coins.serve.api.observability import ServiceMetrics
 from coins.serve.api.schemas import CoarseGuess, Filter, ItemMetadata, Neighbor, QueryResult
 from coins.serve.api.state import Index, ServiceState
+from coins.serve.index.store import result_rows
 
 
 def normalise(xq: np.ndarray, dim: int) -> np.ndarray:
-    """Queries as float32 [nq, dim] of unit norm (cosine scores); 422 on a wrong shape or zero."""
+    """Vectors from outside (a request's, or stored ones, which PQ decodes off the sphere) as
+    float32 [nq, dim] of unit norm: the one check and normalisation of the API; 422 on a wrong
+    shape, a NaN, an infinity or a zero. Embedded images skip it: the runner's output is
+    L2-normalised by contract (tests/retrieval/onnx)."""
     if xq.ndim != 2 or xq.shape[1] != dim:
         raise ApiError(
             422, f"expected query vectors of dimension {dim}, got shape {list(xq.shape)}"
@@ -30,7 +34,7 @@ def normalise(xq: np.ndarray, dim: int) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.linalg.norm(xq, axis=1, keepdims=True)  # [nq, 1]
     if not np.all(np.isfinite(xq)) or not np.all(np.isfinite(norms)):
-        raise ApiError(422, "query vectors must be finite (no NaN, no infinity, no overflow)")
+        raise ApiError(422, "vectors must be finite: NaN or infinite values (or overflow) found")
     if np.any(norms == 0):
         raise ApiError(422, "a query vector is all zeros; cosine similarity is undefined")
     return np.ascontiguousarray(xq / norms, dtype=np.float32)
@@ -114,7 +118,7 @@ def intersect(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
 
 def knn(
     state: ServiceState,
-    metrics: Metrics,
+    metrics: ServiceMetrics,
     xq: np.ndarray,
     k: int,
     *,
@@ -132,12 +136,7 @@ def knn(
     kk = max(1, min(k + extra, index.ntotal))
     with metrics.time_stage("search"), state.lock.read():
         D, I = index.search(xq, kk, allowed)  # [nq, kk] each
-    rows = []
-    for q in range(nq):
-        keep = I[q] >= 0
-        if exclude is not None:
-            keep &= I[q] != exclude[q]
-        rows.append((I[q][keep][:k], D[q][keep][:k]))
+    rows = result_rows(D, I, k, exclude)
     meta = _metadata(state, metrics, rows) if with_metadata else {}
     return [
         [
@@ -149,7 +148,7 @@ def knn(
 
 
 def _metadata(
-    state: ServiceState, metrics: Metrics, rows: list[tuple[np.ndarray, np.ndarray]]
+    state: ServiceState, metrics: ServiceMetrics, rows: list[tuple[np.ndarray, np.ndarray]]
 ) -> dict[int, ItemMetadata]:
     ids = np.unique(np.concatenate([i for i, _ in rows] or [np.empty(0, np.int64)]))
     if ids.size == 0:
@@ -210,7 +209,7 @@ def coarse_guesses(probs: np.ndarray, names: list[str] | None, top: int) -> list
 
 def gated_search(
     state: ServiceState,
-    metrics: Metrics,
+    metrics: ServiceMetrics,
     xq: np.ndarray,
     k: int,
     guesses: list[list[CoarseGuess]],

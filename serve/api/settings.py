@@ -12,10 +12,13 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coins.serve.api.schemas import MAX_BATCH
+
 # one number of a query vector as JSON: the longest float repr is 24 bytes
 # ("-2.2250738585072014e-308"), then ", " and a little room for indentation
 JSON_NUMBER_BYTES = 32
 FILTER_BYTES = 2**20  # room in a search body beyond the query vectors: a filter of ~50,000 ids
+ITEM_BYTES = 4096  # room per added item beyond its vector: id, path, labels, extra metadata
 
 
 def _cores() -> int:
@@ -71,3 +74,13 @@ class ServeSettings(BaseSettings):
         in Python objects: a body is refused by its size (413) before that, not after."""
         vectors = self.max_vectors * (dim * JSON_NUMBER_BYTES + 2)
         return min(self.max_request_bytes, vectors + FILTER_BYTES)
+
+    def max_add_bytes(self, dim: int) -> int:
+        """Bytes a POST /v1/items body may have, checked before it is parsed: `max_items_add`
+        items of `dim` numbers and ITEM_BYTES of metadata each, at most `max_request_bytes`."""
+        items = self.max_items_add * (dim * JSON_NUMBER_BYTES + ITEM_BYTES)
+        return min(self.max_request_bytes, items)
+
+    def max_delete_bytes(self) -> int:
+        """Bytes a DELETE /v1/items body may have: MAX_BATCH ids of JSON_NUMBER_BYTES each."""
+        return min(self.max_request_bytes, MAX_BATCH * JSON_NUMBER_BYTES + 1024)

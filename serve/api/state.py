@@ -31,7 +31,7 @@ from PIL import Image
 T = TypeVar("T")
 
 
-class Embedder(Protocol):
+class QueryEmbedder(Protocol):
     """What the server needs of `coins.retrieval.onnx.runner.OnnxEmbedder`."""
 
     sha256: str
@@ -111,7 +111,7 @@ def _writer_thread() -> ThreadPoolExecutor:
 class ServiceState:
     """Model, index and readiness of one server; `index` is replaced whole on reload."""
 
-    embedder: Embedder | None = None
+    embedder: QueryEmbedder | None = None
     index: Index | None = None
     ready: bool = False
     error: str | None = None  # why loading failed, shown by /readyz
@@ -123,7 +123,7 @@ class ServiceState:
     version: int = 0  # bumped by every change of the index, so cached label ids expire
     _label_ids: dict[tuple[int, str, str | int], np.ndarray] = field(default_factory=dict)
 
-    def set_loaded(self, embedder: Embedder, index: Index) -> None:
+    def set_loaded(self, embedder: QueryEmbedder, index: Index) -> None:
         with self.lock.write():
             self.embedder, self.index = embedder, index
             self.loaded_at = time.time()

@@ -10,7 +10,7 @@ from fastapi import File, UploadFile
 from coins.serve.api.decode import check_content_type, decode_image
 from coins.serve.api.deps import loaded
 from coins.serve.api.errors import ApiError
-from coins.serve.api.observability import Metrics
+from coins.serve.api.observability import ServiceMetrics
 from coins.serve.api.settings import ServeSettings
 from coins.serve.api.state import ServiceState
 
@@ -40,7 +40,7 @@ async def read_images(images: list[UploadFile], settings: ServeSettings) -> list
 
 def embed_uploads(
     state: ServiceState,
-    metrics: Metrics,
+    metrics: ServiceMetrics,
     settings: ServeSettings,
     payloads: list[Payload],
 ) -> tuple[np.ndarray, np.ndarray | None]:

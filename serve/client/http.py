@@ -14,7 +14,7 @@ import numpy as np
 ImageInput = str | Path | bytes
 
 
-class ApiError(RuntimeError):
+class SearchServiceError(RuntimeError):
     """A response with an error status; `status` and the server's `message`."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -44,7 +44,7 @@ class SearchClient:
         except ValueError:
             body = {"message": response.text[:200]}
         if response.status_code >= 400:
-            raise ApiError(response.status_code, str(body.get("message", body)))
+            raise SearchServiceError(response.status_code, str(body.get("message", body)))
         return body
 
     def healthy(self) -> bool:
@@ -63,7 +63,7 @@ class SearchClient:
                     return
                 reason = r.json().get("message", r.text)
                 if r.json().get("status") == "failed":
-                    raise ApiError(503, reason)
+                    raise SearchServiceError(503, reason)
             except httpx.TransportError as err:
                 reason = str(err) or type(err).__name__
             time.sleep(interval)

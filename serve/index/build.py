@@ -18,6 +18,7 @@ from coins.serve.index.choice import choose_index, train_size
 from coins.serve.index.manifest import (
     IndexManifest,
     Tuning,
+    Verify,
     gallery_roots,
     library_versions,
     now_utc,
@@ -115,7 +116,7 @@ def _add_and_tune(
         index.add_with_ids(xb[block][~held_out[block]], ids[block][~held_out[block]])
     xq = xb[held_out]  # [nq, D]
     gt = ground_truth(xq, xb, ids, min(TUNE_K, n - nq), keep=~held_out)
-    params, tuning = tune(index, xq, gt, None, target_recall)
+    params, tuning = tune(index, xq, gt, target_recall)
     index.add_with_ids(xq, ids[held_out])
     return params, tuning
 
@@ -183,30 +184,22 @@ def build_index_from_embeddings(
     dirs: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     append: bool = False,
+    verify: Verify = "fast",
     **options: Any,
 ) -> SearchIndex:
-    """Build (or, with `append`, extend) an index from `coins embed` shard directories."""
-    from coins.retrieval.shards import read_embedding_shards
+    """Build (or, with `append`, extend) an index from `coins embed` folders, chunk by chunk
+    (`coins.serve.index.stream`); `verify` checks the chunks' sizes ("fast") or hashes too."""
+    from coins.retrieval.shards import open_embeddings
+    from coins.serve.index.stream import append_from_source, build_from_source
 
-    folders = [dirs] if isinstance(dirs, str | Path) else list(dirs)
-    ids, xb, rows, info = read_embedding_shards(folders)
+    folders = [Path(dirs)] if isinstance(dirs, str | Path) else [Path(d) for d in dirs]
+    embeddings = open_embeddings(folders, verify=verify)
+    sources = embeddings.info["sources"]
     if append:
-        return append_to_index(
-            out_dir, ids, xb, rows, info["model_sha256"], {"sources": info["sources"]}
-        )
-    sources = info["sources"]
-    source = {"embeddings": [str(Path(f).resolve()) for f in folders]}
+        return append_from_source(embeddings, out_dir, {"sources": sources})
+    source: dict[str, Any] = {"embeddings": [str(f.resolve()) for f in folders]}
     source |= sources[0] if len(sources) == 1 else {"kind": "embeddings", "sources": sources}
-    return build_index(
-        ids,
-        xb,
-        rows,
-        out_dir,
-        model_sha256=info["model_sha256"],
-        preprocess=info["preprocess"],
-        source=source,
-        **options,
-    )
+    return build_from_source(embeddings, out_dir, source=source, **options)
 
 
 def build_index_from_model(
@@ -219,6 +212,7 @@ def build_index_from_model(
     images: str | Path | None = None,
     manifest: str | Path | None = None,
     append: bool = False,
+    replace: bool = False,
     batch_size: int = 64,
     strict: bool = False,
     threads: int | None = None,
@@ -227,22 +221,33 @@ def build_index_from_model(
 ) -> tuple[SearchIndex, list[tuple[Path, str]]]:
     """Embed a gallery (a data set split, a folder of images or a CSV manifest) with an ONNX
     model and build (or extend) an index of it. Also returns the images skipped as
-    undecodable (an error instead when `strict`)."""
-    from coins.retrieval.onnx.runner import OnnxEmbedder, gallery_source
-    from coins.retrieval.shards import embed_items
+    undecodable (an error instead when `strict`).
+
+    With `append`, items whose id the index holds already are left as they are (not even
+    embedded); with `replace` too, they are embedded again and replace the stored ones (for
+    files changed in place: a path-hash id stays with its path)."""
+    from coins.retrieval.onnx.runner import OnnxEmbedder, embed_items, gallery_source
 
     model = OnnxEmbedder(model_path, threads=threads)
     gallery = gallery_source(dataset, split, root, dataset_options, images, manifest)
-    existing = None
+    existing, present = None, np.zeros(len(gallery), dtype=bool)
     if append:  # check before embedding: a wrong model would waste the whole pass
         existing = SearchIndex.load(out_dir, model_sha256=model.sha256)
+        present = np.array([m is not None for m in existing.metadata(gallery.ids)], dtype=bool)
+        if not replace:
+            gallery, present = gallery.subset(np.flatnonzero(~present)), present[~present]
+        elif present.any() and not existing.supports_removal:
+            raise IndexUpdateError(f"{out_dir}: this index cannot remove ids, so cannot replace")
     elif (Path(out_dir) / "index.json").exists() and not options.get("overwrite"):
         raise IndexUpdateError(f"{out_dir} already holds an index; pass append, or another dir")
     done = embed_items(model, gallery, batch_size, strict, progress)
     ids, rows = done.ids, done.rows
     failed = [(Path(s["path"]), s["reason"]) for s in done.skipped]
     if existing is not None:
-        _add_and_save(existing, ids, done.vectors, rows, gallery.source)
+        if present.any():  # replace: removed only now, once their new vectors are ready
+            existing.remove(gallery.ids[present])
+        if len(ids):
+            _add_and_save(existing, ids, done.vectors, rows, gallery.source)
         return existing, failed
     index = build_index(
         ids,
@@ -283,32 +288,43 @@ def build_gallery_index(
     target_recall: float = 0.95,
     max_memory_gb: float | None = None,
     append: bool = False,
+    replace: bool = False,
     overwrite: bool = False,
     batch_size: int = 64,
     threads: int | None = None,
     strict: bool = False,
     progress: bool = True,
+    on_disk: bool = False,
+    verify: Verify = "fast",
+    log: Any = None,
 ) -> tuple[SearchIndex, list[tuple[Path, str]]]:
     """`coins index`: an index of a gallery embedded by an ONNX `model`, or of the shard folders
     of `coins embed` (exactly one of the two); with the images skipped as undecodable.
 
     With `append` the items join the index in `out_dir`, whose choice and tuning stay.
+    `on_disk` (shard folders only) keeps the IVF lists in a file; `verify` is how the shards
+    are checked; `log` gets the progress lines of a build from shards.
     """
     if (model is None) == (not from_embeddings):
         given = "both" if model is not None else "neither"
         raise ValueError(
             f"expected an ONNX model (with a gallery) or from_embeddings shard folders; got {given}"
         )
+    if on_disk and (model is not None or append):
+        raise ValueError("on_disk builds a new index from from_embeddings shard folders only")
     options: dict[str, Any] = {"append": append}
     if not append:
         memory = None if max_memory_gb is None else int(max_memory_gb * 2**30)
         options |= {"index_key": index_key, "target_recall": target_recall}
         options |= {"max_memory": memory, "overwrite": overwrite}
     if from_embeddings:
-        return build_index_from_embeddings(from_embeddings, out_dir, **options), []
+        if not append:
+            options |= {"on_disk": on_disk, "log": log}
+        index = build_index_from_embeddings(from_embeddings, out_dir, verify=verify, **options)
+        return index, []
     assert model is not None
     return build_index_from_model(
-        model, out_dir, dataset, split, root, dataset_options, images, manifest,
+        model, out_dir, dataset, split, root, dataset_options, images, manifest, replace=replace,
         batch_size=batch_size, strict=strict, threads=threads, progress=progress, **options,
     )  # fmt: skip
 

@@ -4,6 +4,12 @@ It is the commit point of the directory: the FAISS file and the metadata databas
 immutable once written, and replacing `index.json` (one atomic rename) switches the directory
 from one version to the next. Everything a loader checks (checksums, counts, dimension, model)
 is read from here.
+
+**[design]** Each file has two checksums: `sha256` of all of it, and `fast_sha256` of its size,
+first MiB and last MiB. A load checks sizes and the fast one (milliseconds for any size); a
+full check (`verify="full"`, `coins serve --verify full`) reads everything, which for a 10 GB
+index takes a minute. The fast check catches truncation, a replaced file and a damaged header or
+tail, but not a flipped byte in the middle: that needs `verify="full"`.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from coins.retrieval.atomic import write_json
 
 MANIFEST_NAME = "index.json"
 FORMAT_VERSION = 1
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
+FAST_BYTES = 2**20  # the fast check hashes this much from each end of a file
+Verify = Literal["fast", "full"]
+VERIFY_MODES: tuple[Verify, ...] = ("fast", "full")
 
 
 class IndexLoadError(ValueError):
@@ -37,11 +46,39 @@ class FileRecord:
     name: str
     sha256: str
     bytes: int
+    fast_sha256: str = ""  # `fast_file_sha256`; empty in manifests written before it existed
 
     @classmethod
     def of(cls, path: Path) -> FileRecord:
         """Hash a written file."""
-        return cls(name=path.name, sha256=file_sha256(path), bytes=path.stat().st_size)
+        return cls(
+            name=path.name,
+            sha256=file_sha256(path),
+            bytes=path.stat().st_size,
+            fast_sha256=fast_file_sha256(path),
+        )
+
+    def check(self, path: Path, role: str, verify: Verify) -> None:
+        """Raise IndexLoadError unless `path` has this size and checksum: the fast one, or with
+        `verify="full"` (or a record without a fast checksum) the sha256 of every byte."""
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+        if not path.is_file():
+            raise IndexLoadError(f"{path}: the {role} file named by {MANIFEST_NAME} is missing")
+        size = path.stat().st_size
+        if size != self.bytes:
+            raise IndexLoadError(
+                f"{path}: {size} bytes, {MANIFEST_NAME} says {self.bytes} (truncated or replaced)"
+            )
+        full = verify == "full" or not self.fast_sha256
+        expected = self.sha256 if full else self.fast_sha256
+        digest = file_sha256(path) if full else fast_file_sha256(path)
+        if digest != expected:
+            kind = "sha256" if full else "fast sha256 (size, first and last MiB)"
+            raise IndexLoadError(
+                f"{path}: checksum mismatch, {kind} {digest} but {MANIFEST_NAME} says "
+                f"{expected} (the file was changed or is corrupt)"
+            )
 
 
 @dataclass(frozen=True)
@@ -74,6 +111,7 @@ class IndexManifest:
     model_sha256: str | None = None  # the ONNX model that produced the vectors
     preprocess: dict[str, Any] | None = None  # that model's preprocessing
     source: dict[str, Any] = field(default_factory=dict)  # data set / images / manifest / shards
+    id_scheme: str | None = None  # how item ids were made: column, path-hash-v1, dataset
     roots: list[str] = field(default_factory=list)  # folders holding the gallery's image files
     # (`gallery_roots`): the server shows, and lets admins add, only images inside them
     classes: dict[str, list[str]] = field(default_factory=dict)  # "coarse"/"fine" -> names; the
@@ -163,6 +201,18 @@ def file_sha256(path: Path, chunk: int = 2**22) -> str:
     with Path(path).open("rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def fast_file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's size (8 bytes, little-endian), first and last FAST_BYTES."""
+    size = Path(path).stat().st_size
+    h = hashlib.sha256(size.to_bytes(8, "little"))
+    with Path(path).open("rb") as f:
+        h.update(f.read(FAST_BYTES))
+        if size > FAST_BYTES:
+            f.seek(max(FAST_BYTES, size - FAST_BYTES))
+            h.update(f.read(FAST_BYTES))
     return h.hexdigest()
 
 

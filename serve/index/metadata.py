@@ -107,6 +107,15 @@ class MetadataStore:
         rows = self._db.execute(f"SELECT id FROM items{where} ORDER BY id", args).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    def class_names(self) -> dict[str, list[str]]:
+        """Sorted distinct coarse and fine labels (without loading every row)."""
+        return {
+            level: [r[0] for r in self._db.execute(
+                f"SELECT DISTINCT {level} FROM items WHERE {level} IS NOT NULL ORDER BY {level}"
+            )]
+            for level in ("coarse", "fine")
+        }  # fmt: skip
+
     def labels(self) -> tuple[np.ndarray, list[str | None], list[str | None]]:
         """All ids (ascending) with their coarse and fine labels, for evaluation."""
         rows = self._db.execute("SELECT id, coarse, fine FROM items ORDER BY id").fetchall()

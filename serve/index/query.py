@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from coins.serve.index.store import SearchIndex, UnknownIdError
+from coins.serve.index.store import SearchIndex, UnknownIdError, check_vectors, result_rows
 
 
 @dataclass(frozen=True)
 class Neighbour:
-    """One result: rank from 1, cosine score, id and its metadata row."""
+    """One result: rank from 0 (as the HTTP API's `Neighbor`; printed from 1), cosine score,
+    id and its metadata row."""
 
     rank: int
     score: float
@@ -52,23 +53,23 @@ def search_index(
         index, xq = _embed_image(index_dir, Path(image), model)
     else:
         index = SearchIndex.load(index_dir)
-        xq = (
-            index.reconstruct(np.array([item_id]))
+        raw = (
+            index.reconstruct(np.array([item_id]))  # PQ decodes it off the unit sphere
             if item_id is not None
             else _read_vectors(vector_file)
         )
+        xq = check_vectors(raw, index.dim, "query vectors", normalise=True)
     allowed = None if coarse is None and fine is None else index.ids_where(coarse, fine)
     extra = 1 if item_id is not None else 0  # the item itself comes back first: drop it
     D, I = index.search(xq, k + extra, allowed_ids=allowed)
+    exclude = None if item_id is None else np.full(len(xq), item_id)
     results = []
-    for d_row, i_row in zip(D, I, strict=True):
-        keep = (i_row >= 0) & (i_row != (item_id if item_id is not None else -1))
-        d_row, i_row = d_row[keep][:k], i_row[keep][:k]
-        rows = index.metadata(i_row)
+    for ids, scores in result_rows(D, I, k, exclude):
+        rows = index.metadata(ids)
         results.append(
             [
-                Neighbour(r + 1, float(s), int(i), m)
-                for r, (s, i, m) in enumerate(zip(d_row, i_row, rows, strict=True))
+                Neighbour(r, float(s), int(i), m)
+                for r, (s, i, m) in enumerate(zip(scores, ids, rows, strict=True))
             ]
         )
     return results
@@ -108,7 +109,7 @@ def format_neighbours(results: list[list[Neighbour]]) -> str:
         for h in hits:
             m = h.metadata or {}
             lines.append(
-                f"{h.rank:>4} {h.score:>8.4f} {h.id:>10}  {m.get('coarse') or '-':<14} "
+                f"{h.rank + 1:>4} {h.score:>8.4f} {h.id:>10}  {m.get('coarse') or '-':<14} "
                 f"{m.get('fine') or '-':<14} {m.get('path') or '-'}"
             )
     return "\n".join(lines)

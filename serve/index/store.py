@@ -1,7 +1,8 @@
 """The on-disk search index: a FAISS index with int64 ids, SQLite metadata and a manifest.
 
-An index directory holds `index.json` (the manifest, `IndexManifest`), `index-GGGGGG.faiss` and
-`metadata-GGGGGG.sqlite`, G the generation. Files of a generation are written once and never
+An index directory holds `index.json` (the manifest, `IndexManifest`), `index-GGGGGG.faiss`,
+`metadata-GGGGGG.sqlite` and, for on-disk inverted lists, `lists-GGGGGG.ivfdata`, G the
+generation. Files of a generation are written once and never
 changed; a save writes the next generation's files, then replaces `index.json` (one atomic
 rename: the commit), then deletes the files no save can commit any more (older generations,
 temporary files of killed saves). A crash at any point thus leaves a manifest whose files exist
@@ -10,6 +11,10 @@ and match its checksums. One writer at a time.
 Vectors are L2-normalised and compared by inner product (cosine). Indexes with an inverted
 file keep their own ids (with a hash-table direct map, for `reconstruct` and `remove`); every
 other index is wrapped in `IDMap2`.
+
+Loading with `mmap` maps the FAISS file instead of reading it (IVF lists through FAISS's
+IO_FLAG_MMAP, Flat codes through IO_FLAG_MMAP_IFC); on-disk lists are always mapped. Either
+makes the index read-only here: `add` and `remove` are refused (load without `mmap`, or rebuild).
 """
 
 # FAISS names its results D (scores) and I (ids); E741 would rename I.
@@ -33,6 +38,7 @@ from coins.serve.index.manifest import (
     FileRecord,
     IndexLoadError,
     IndexManifest,
+    Verify,
     now_utc,
 )
 from coins.serve.index.metadata import MetadataError, MetadataStore
@@ -44,15 +50,20 @@ __all__ = [
     "SearchIndex",
     "UnknownIdError",
     "check_vectors",
+    "lists_path",
     "new_faiss_index",
+    "new_metadata",
+    "prepare_directory",
 ]
 
 _faiss: Any = faiss  # the bundled faiss stubs lack SearchParameters* keywords and DirectMap
 NORM_TOL = 1e-3  # stored vectors must have |x| within this of 1
-_GENERATION_FILE = re.compile(r"^(index|metadata)-(\d{6})\.(faiss|sqlite)$")
+_SUFFIX = {"index": "faiss", "metadata": "sqlite", "lists": "ivfdata"}  # role -> file suffix
+_GENERATION_FILE = re.compile(r"^(index|metadata|lists)-(\d{6})\.(faiss|sqlite|ivfdata)$")
 # what `atomic_path` writes before its rename, e.g. `.index-000007.faiss.k3j9x_q.tmp`
-_GENERATION_TMP = re.compile(r"^\.(index|metadata)-(\d{6})\.(faiss|sqlite)\..+\.tmp$")
+_GENERATION_TMP = re.compile(r"^\.(index|metadata|lists)-(\d{6})\.(faiss|sqlite|ivfdata)\..+\.tmp$")
 _MANIFEST_TMP = re.compile(r"^\." + re.escape(MANIFEST_NAME) + r"\..+\.tmp$")
+ON_DISK_READ_ONLY = "its inverted lists are on disk (built with --on-disk); rebuild to change it"
 STALE_TMP_SECONDS = 600.0  # a manifest's temporary file older than this is a killed save's
 
 
@@ -64,16 +75,41 @@ class UnknownIdError(ValueError):
     """Ids asked for that the index does not hold."""
 
 
+def result_rows(
+    D: np.ndarray,
+    I: np.ndarray,  # noqa: E741 (FAISS's name)
+    k: int,
+    exclude: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, scores) of each query's first k results of a search (D, I [nq, >= k]), without
+    FAISS's padding id -1 and, with `exclude` [nq], without id exclude[q] (the query itself)."""
+    rows = []
+    for q in range(len(I)):
+        keep = I[q] >= 0
+        if exclude is not None:
+            keep &= I[q] != exclude[q]
+        rows.append((I[q][keep][:k], D[q][keep][:k]))
+    return rows
+
+
 class SearchIndex:
     """A loaded index directory. Changes (`add`, `remove`) stay in memory and in the next
     generation's metadata file until `save` commits them."""
 
     def __init__(
-        self, index: faiss.Index, store: MetadataStore, manifest: IndexManifest, index_dir: Path
+        self,
+        index: faiss.Index,
+        store: MetadataStore,
+        manifest: IndexManifest,
+        index_dir: Path,
+        read_only: str | None = None,
     ) -> None:
         self.index = index
         self.manifest = manifest
         self.index_dir = Path(index_dir)
+        self.read_only = read_only  # why add / remove are refused (mmap, on-disk), or None
+        self.gpu_index: faiss.Index | None = None  # a GPU copy for unfiltered searches
+        self._lists: Path | None = None  # on-disk inverted lists written by `commit_new`
         self._store = store
         self._dirty = False  # changes not yet saved; then _store is the next generation's file
 
@@ -81,18 +117,28 @@ class SearchIndex:
 
     @classmethod
     def load(
-        cls, index_dir: str | Path, model_sha256: str | None = None, verify: bool = True
+        cls,
+        index_dir: str | Path,
+        model_sha256: str | None = None,
+        verify: Verify = "fast",
+        mmap: bool = False,
     ) -> SearchIndex:
-        """Load and check an index directory: checksums (unless `verify` is False), FAISS and
-        metadata counts, dimension and, when given, the hash of the model that made it."""
+        """Load and check an index directory: sizes and checksums (`verify`: "fast", the ends
+        of each file; "full", every byte), FAISS and metadata counts, dimension and, when
+        given, the hash of the model that made it. `mmap` maps the FAISS file (read-only)."""
         index_dir = Path(index_dir)
         manifest = IndexManifest.load(index_dir)
-        paths = {role: _checked_file(index_dir, role, manifest, verify) for role in manifest.files}
-        if set(paths) != {"index", "metadata"}:
+        if not {"index", "metadata"} <= set(manifest.files) <= set(_SUFFIX):
             raise IndexLoadError(
-                f"{index_dir}: manifest files {sorted(paths)}, expected index, metadata"
+                f"{index_dir}: manifest files {sorted(manifest.files)}, expected index, "
+                "metadata and, for on-disk inverted lists, lists"
             )
-        index = _read_faiss(paths["index"])
+        paths = {}
+        for role, record in manifest.files.items():
+            paths[role] = index_dir / record.name
+            record.check(paths[role], role, verify)
+        on_disk = "lists" in paths
+        index = _read_faiss(paths["index"], mmap, on_disk)
         _check_faiss(index, manifest, paths["index"])
         try:
             store = MetadataStore(paths["metadata"])
@@ -106,7 +152,12 @@ class SearchIndex:
                 f"{index.ntotal} vectors; expected one row per vector"
             )
         set_knob(index, manifest.index_params)
-        out = cls(index, store, manifest, index_dir)
+        read_only = None
+        if on_disk:
+            read_only = ON_DISK_READ_ONLY
+        elif mmap:
+            read_only = "it is memory-mapped (loaded with mmap); load it without mmap to change it"
+        out = cls(index, store, manifest, index_dir, read_only)
         if model_sha256 is not None:
             out.check_model(model_sha256, manifest.dim)
         return out
@@ -122,20 +173,31 @@ class SearchIndex:
     ) -> SearchIndex:
         """Save a freshly built FAISS index and its rows as a new index directory (or, with
         `overwrite`, as the next generation of an existing one)."""
-        index_dir = Path(index_dir)
-        if (index_dir / MANIFEST_NAME).exists() and not overwrite:
-            raise IndexUpdateError(
-                f"{index_dir} already holds an index; append to it, or choose another directory"
-            )
-        index_dir.mkdir(parents=True, exist_ok=True)
-        manifest.generation = _last_generation(index_dir)
-        path = index_dir / _file_name("metadata", manifest.generation + 1)
-        path.unlink(missing_ok=True)  # a leftover of a crashed save
-        store = MetadataStore(path, create=True)
+        generation = prepare_directory(index_dir, overwrite)
+        store = new_metadata(index_dir, generation)
         store.insert(rows)
-        out = cls(index, store, manifest, index_dir)
+        return cls.commit_new(index, store, manifest, index_dir, generation)
+
+    @classmethod
+    def commit_new(
+        cls,
+        index: faiss.Index,
+        store: MetadataStore,
+        manifest: IndexManifest,
+        index_dir: str | Path,
+        generation: int,
+        lists: Path | None = None,
+    ) -> SearchIndex:
+        """Save a built FAISS index, whose rows are in `store` (`new_metadata`), as generation
+        `generation` (`prepare_directory`); `lists`: its on-disk inverted lists file, named
+        `lists_path(index_dir, generation)`."""
+        manifest.generation = generation - 1
+        out = cls(index, store, manifest, Path(index_dir))
         out._dirty = True
+        out._lists = lists
         out.save()
+        if lists is not None:
+            out.read_only = ON_DISK_READ_ONLY
         return out
 
     def check_model(self, sha256: str, dim: int) -> None:
@@ -170,14 +232,17 @@ class SearchIndex:
     def search(
         self, xq: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine scores D and ids I [nq, k] of the k nearest stored vectors of each query
-        (queries are L2-normalised here). With `allowed_ids`, only those ids are searched.
-        Rows with fewer than k results end in id -1."""
-        xq = check_vectors(xq, self.dim, "queries", normalise=True)
+        """Cosine scores D and ids I [nq, k] of the k nearest stored vectors of each query.
+        With `allowed_ids`, only those ids are searched. Rows with fewer than k results end
+        in id -1. Queries must be L2-normalised already (where they enter: the API's
+        `normalise`, `coins search`, the ONNX runner); a row that is not is a ValueError.
+        Unfiltered searches go to `gpu_index` when there is one (`use_gpu`); FAISS GPU
+        indexes take no ID selector, so filtered ones stay on the CPU."""
+        xq = check_vectors(xq, self.dim, "queries")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if allowed_ids is None:
-            return self.index.search(xq, k)
+            return (self.gpu_index or self.index).search(xq, k)
         allowed = np.ascontiguousarray(np.asarray(allowed_ids, dtype=np.int64).ravel())
         sel = faiss.IDSelectorBatch(allowed)
         return self.index.search(xq, k, params=self._search_parameters(sel, len(allowed)))
@@ -211,8 +276,13 @@ class SearchIndex:
 
     # ---- changing ---------------------------------------------------------------------
 
+    def use_gpu(self, gpu_index: faiss.Index | None) -> None:
+        """Search (unfiltered) on this GPU copy of `index` (`coins.serve.index.gpu.to_gpu`)."""
+        self.gpu_index = gpu_index
+
     def add(self, ids: np.ndarray, vectors: np.ndarray, rows: list[dict[str, Any]]) -> int:
         """Add vectors with new ids and their metadata rows; returns the new total."""
+        self._check_writable("add")
         ids = check_ids(ids, len(rows))
         xb = check_vectors(vectors, self.dim, "vectors")
         if len(xb) != len(ids):
@@ -223,11 +293,14 @@ class SearchIndex:
             raise IndexUpdateError(f"ids already in the index: {taken[:10]}")
         self._writable().insert(rows)
         self.index.add_with_ids(xb, ids)
+        if self.gpu_index is not None:
+            self.gpu_index.add_with_ids(xb, ids)
         self._extend_classes(rows)
         return self.ntotal
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove `ids` (all must be present); returns how many were removed."""
+        self._check_writable("remove")
         if not self.supports_removal:
             raise IndexUpdateError(
                 f"index type {self.manifest.index_key!r} cannot remove vectors (FAISS HNSW "
@@ -241,6 +314,10 @@ class SearchIndex:
         removed = int(self.index.remove_ids(sel))
         deleted = self._writable().delete(ids)
         assert removed == deleted == len(ids), (removed, deleted, len(ids))
+        if self.gpu_index is not None:  # GPU indexes cannot remove by id: copy again
+            from coins.serve.index.gpu import to_gpu
+
+            self.gpu_index = to_gpu(self.index)
         return removed
 
     def save(self) -> None:
@@ -251,6 +328,8 @@ class SearchIndex:
             faiss.write_index(self.index, str(tmp))
             _fsync(tmp)
         files = {"index": FileRecord.of(index_path)}
+        if self._lists is not None:
+            files["lists"] = FileRecord.of(self._lists)
         if self._dirty:
             self._store.close()  # flush and release, then hash what is on disk
             _fsync(self._store.path)
@@ -267,6 +346,12 @@ class SearchIndex:
         _remove_unreferenced(self.index_dir, self.manifest)
 
     # ---- internals --------------------------------------------------------------------
+
+    def _check_writable(self, change: str) -> None:
+        if self.read_only is not None:
+            raise IndexUpdateError(
+                f"cannot {change} items: the index is read-only, as {self.read_only}"
+            )
 
     def _writable(self) -> MetadataStore:
         """The metadata store of the next generation (a copy, made on the first change)."""
@@ -382,29 +467,40 @@ def check_rows(rows: list[dict[str, Any]], ids: np.ndarray) -> list[dict[str, An
     return out
 
 
-def _checked_file(index_dir: Path, role: str, manifest: IndexManifest, verify: bool) -> Path:
-    record = manifest.files[role]
-    path = index_dir / record.name
-    if not path.is_file():
-        raise IndexLoadError(f"{path}: the {role} file named by {MANIFEST_NAME} is missing")
-    size = path.stat().st_size
-    if size != record.bytes:
-        raise IndexLoadError(
-            f"{path}: {size} bytes, {MANIFEST_NAME} says {record.bytes} (truncated or replaced)"
+def prepare_directory(index_dir: str | Path, overwrite: bool) -> int:
+    """The generation a new index in `index_dir` will have (made if missing); an existing
+    index there is an error unless `overwrite`."""
+    index_dir = Path(index_dir)
+    if (index_dir / MANIFEST_NAME).exists() and not overwrite:
+        raise IndexUpdateError(
+            f"{index_dir} already holds an index; append to it, or choose another directory"
         )
-    if verify:
-        digest = FileRecord.of(path).sha256
-        if digest != record.sha256:
-            raise IndexLoadError(
-                f"{path}: checksum mismatch, sha256 {digest} but {MANIFEST_NAME} says "
-                f"{record.sha256} (the file was changed or is corrupt)"
-            )
-    return path
+    index_dir.mkdir(parents=True, exist_ok=True)
+    return _last_generation(index_dir) + 1
 
 
-def _read_faiss(path: Path) -> faiss.Index:
+def new_metadata(index_dir: str | Path, generation: int) -> MetadataStore:
+    """An empty metadata database for generation `generation` of `index_dir`."""
+    path = Path(index_dir) / _file_name("metadata", generation)
+    path.unlink(missing_ok=True)  # a leftover of a crashed save
+    return MetadataStore(path, create=True)
+
+
+def lists_path(index_dir: str | Path, generation: int) -> Path:
+    """Where generation `generation`'s on-disk inverted lists go."""
+    return Path(index_dir) / _file_name("lists", generation)
+
+
+def _read_faiss(path: Path, mmap: bool = False, on_disk: bool = False) -> faiss.Index:
+    """Read a FAISS file; `mmap` maps IVF lists and Flat codes instead of reading them, and
+    on-disk lists are found beside the file (not at the path they were written to)."""
+    flags = 0
+    if mmap:
+        flags |= faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+    if on_disk:
+        flags |= faiss.IO_FLAG_ONDISK_SAME_DIR
     try:
-        return faiss.read_index(str(path))
+        return faiss.read_index(str(path), flags)
     except RuntimeError as e:
         raise IndexLoadError(f"{path}: not a readable FAISS index ({_first_line(e)})") from e
 
@@ -427,8 +523,7 @@ def _is_idmap(index: faiss.Index) -> bool:
 
 
 def _file_name(role: str, generation: int) -> str:
-    suffix = "faiss" if role == "index" else "sqlite"
-    return f"{role}-{generation:06d}.{suffix}"
+    return f"{role}-{generation:06d}.{_SUFFIX[role]}"
 
 
 def _last_generation(index_dir: Path) -> int:

@@ -18,10 +18,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from coins.retrieval.knn import nearest
 from coins.serve.index.manifest import Tuning
 
 HNSW_EF_MAX = 4096
-GT_BLOCK = 65536  # database rows per exact search of ground_truth
 LATENCY_QUERIES = 300  # single-query searches timed for p50/p99 ...
 LATENCY_BUDGET_S = 10.0  # ... or fewer, when they take longer than this (an exact 1M search)
 WARMUP = 5
@@ -78,39 +78,11 @@ def set_knob(index: faiss.Index, params: dict[str, int]) -> None:
 
 
 def ground_truth(
-    xq: np.ndarray,
-    xb: np.ndarray,
-    ids: np.ndarray,
-    k: int,
-    query_ids: np.ndarray | None = None,
-    keep: np.ndarray | None = None,
+    xq: np.ndarray, xb: np.ndarray, ids: np.ndarray, k: int, keep: np.ndarray | None = None
 ) -> np.ndarray:
     """Exact k nearest ids [nq, k] of xq among the rows of xb (ids [nb]) where `keep` [nb]
-    is True (all without it), without each query's own id. xb is searched in blocks, so no
-    copy of it is made."""
-    extra = 0 if query_ids is None else 1
-    heap = faiss.ResultHeap(len(xq), k + extra, keep_max=True)
-    for start in range(0, len(xb), GT_BLOCK):
-        block = slice(start, start + GT_BLOCK)
-        rows = np.arange(start, min(start + GT_BLOCK, len(xb)))  # [b]
-        if keep is not None:
-            rows = rows[keep[block]]
-        xb_block = xb[block] if keep is None else xb[rows]
-        kb = min(k + extra, len(rows))
-        if kb:
-            D, I = faiss.knn(xq, xb_block, kb, metric=faiss.METRIC_INNER_PRODUCT)  # [nq, kb]
-            heap.add_result(D, ids[rows[I]])
-    heap.finalize()
-    return drop_self(heap.I, query_ids, k)
-
-
-def drop_self(I: np.ndarray, query_ids: np.ndarray | None, k: int) -> np.ndarray:
-    """The first k ids of each row [nq, >k] without the row's query id (or its last entry)."""
-    if query_ids is None:
-        return I[:, :k]
-    keep = query_ids[:, None] != I  # [nq, k + 1]
-    keep[keep.all(axis=1), -1] = False  # the query was not retrieved: drop the farthest
-    return I[keep].reshape(len(I), -1)[:, :k]
+    is True (all without it); the search, ties included, is `retrieval.knn.nearest`."""
+    return ids[nearest(xq, xb, k, allowed=keep)[1]]
 
 
 def k_recall(I: np.ndarray, gt: np.ndarray) -> float:
@@ -123,10 +95,12 @@ def tune(
     index: faiss.Index,
     xq: np.ndarray,
     gt: np.ndarray,
-    query_ids: np.ndarray | None = None,
     target_recall: float = 0.95,
+    exclude: np.ndarray | None = None,
 ) -> tuple[dict[str, int], Tuning]:
     """Smallest knob value with k-recall@k >= target (k = gt.shape[1]), set on the index.
+    `exclude` [nq]: ids of the queries themselves, when the index holds them (leave-one-out:
+    each query's own id is dropped from its results, as it is from gt).
 
     Doubles the knob from its low end until the target is met, then bisects the last step.
     Where even the highest value misses, that value is kept and `reached` is False.
@@ -138,11 +112,11 @@ def tune(
     params: dict[str, int] = {}
     recall = 1.0
     if knob is not None:
-        value, recall = _smallest_reaching(index, knob, xq, gt, query_ids, target_recall)
+        value, recall = _smallest_reaching(index, knob, xq, gt, target_recall, exclude)
         params = {knob.name: value}
         set_knob(index, params)
     elif index.ntotal and not _is_exact(index):
-        recall = _recall(index, {}, xq, gt, query_ids)
+        recall = _recall(index, {}, xq, gt, exclude)
     p50, p99 = latency_ms(index, xq, k)
     tuning = Tuning(
         target_recall=target_recall,
@@ -162,13 +136,13 @@ def _smallest_reaching(
     knob: Knob,
     xq: np.ndarray,
     gt: np.ndarray,
-    query_ids: np.ndarray | None,
     target: float,
+    exclude: np.ndarray | None,
 ) -> tuple[int, float]:
     """(value, recall) of the smallest knob value reaching `target`, or of knob.high."""
     lo, value = knob.low - 1, knob.low  # lo: known to miss (or below range)
     while True:
-        recall = _recall(index, {knob.name: value}, xq, gt, query_ids)
+        recall = _recall(index, {knob.name: value}, xq, gt, exclude)
         if recall >= target or value >= knob.high:
             break
         lo, value = value, min(2 * value, knob.high)
@@ -178,7 +152,7 @@ def _smallest_reaching(
     hi = value
     while hi - lo > 1:  # invariant: hi reaches the target, lo does not
         mid = (lo + hi) // 2
-        r = _recall(index, {knob.name: mid}, xq, gt, query_ids)
+        r = _recall(index, {knob.name: mid}, xq, gt, exclude)
         if r >= target:
             hi, best = mid, (mid, r)
         else:
@@ -191,13 +165,25 @@ def _recall(
     params: dict[str, int],
     xq: np.ndarray,
     gt: np.ndarray,
-    query_ids: np.ndarray | None,
+    exclude: np.ndarray | None = None,
 ) -> float:
     k = gt.shape[1]
     if params:
         set_knob(index, params)
-    _, I = index.search(xq, k + 1)  # one more: the query itself comes back
-    return k_recall(drop_self(I, query_ids, k), gt)
+    if exclude is None:
+        _, I = index.search(xq, k)  # held-out queries: the index does not hold them yet
+        return k_recall(I, gt)
+    _, I = index.search(xq, k + 1)
+    return k_recall(without(I, exclude, k), gt)
+
+
+def without(I: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+    """The first k ids of each row of I [nq, >= k] other than exclude[q] (padded with -1)."""
+    out = np.full((len(I), k), -1, dtype=np.int64)
+    for q in range(len(I)):
+        row = I[q][I[q] != exclude[q]][:k]
+        out[q, : len(row)] = row
+    return out
 
 
 def latency_ms(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[float, float]:

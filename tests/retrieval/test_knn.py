@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from coins.retrieval.knn import exact_knn
+from coins.retrieval.knn import exact_knn, nearest
 
 
 def unit_rows(seed: int, n: int, d: int) -> np.ndarray:
@@ -125,3 +125,19 @@ def test_accepts_float64_and_non_contiguous() -> None:
 def test_validation(x: np.ndarray, k: int, block_size: int | None, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         exact_knn(x, k, block_size)  # raises at the call, before any block
+
+
+@pytest.mark.parametrize("with_allowed", [False, True])
+def test_nearest_matches_a_slow_loop_with_exclusion_and_subset(with_allowed: bool) -> None:
+    rng = np.random.default_rng(3)
+    xb = rng.normal(size=(40, 5)).astype(np.float32)
+    xb[7] = xb[3]  # an exact tie, ordered by index
+    xq = xb[[3, 10, 21]]
+    allowed = np.flatnonzero(np.arange(40) % 4 != 1) if with_allowed else np.arange(40)
+    exclude = np.array([3, 10, 5])  # 5 is not allowed when the subset is used
+    D, I = nearest(xq, xb, 6, exclude=exclude, allowed=allowed if with_allowed else None)
+    for q in range(3):
+        others = [j for j in allowed if j != exclude[q]]
+        ref = sorted(others, key=lambda j: (-float(xq[q] @ xb[j]), j))[:6]
+        assert I[q].tolist() == ref
+        np.testing.assert_allclose(D[q], [xq[q] @ xb[j] for j in ref], rtol=1e-5)

@@ -1,5 +1,5 @@
-"""The search API as a schemathesis target, for tests/test_serve_fuzz.py and
-benchmarks/fuzz_serve.py: a real flat FAISS index and metadata store of the fake gallery, served
+"""The search API as a schemathesis target, for tests/serve/api/test_fuzz.py and
+benchmarks/fuzz_serve.py: a real FAISS index and metadata store of the fake gallery, served
 with the stand-in embedder, and the app's OpenAPI document told what the server checks but the
 document does not say, plus links between routes for stateful runs.
 
@@ -37,6 +37,7 @@ INT64_MAX_AS_FLOAT = float(INT64_MAX)
 # Larger numbers overflow the float32 norm the server computes, and it refuses them (422).
 VECTOR_MAX = 1e18
 ABSENT_IDS = (0, -1, 99, 2**31, INT64_MAX, -(2**63))  # never in the fake gallery (100..129)
+NEW_IDS = (*ABSENT_IDS, *range(1000, 1060))  # for added items: each id can be added once
 # Checks a correct server passes whatever the document leaves open; stateful runs add theirs.
 CHECKS = (
     "not_a_server_error",
@@ -62,9 +63,7 @@ class IndexArtifacts:
         return SearchIndex.load(settings.index_dir, model_sha256=model_sha256)
 
 
-def build_gallery_index(
-    root: Path, index_key: str = "flat", n: int = 30
-) -> tuple[Path, list[int]]:
+def build_gallery_index(root: Path, index_key: str = "flat", n: int = 30) -> tuple[Path, list[int]]:
     """An index of the fake gallery (item images in `root`) at root/index, and its ids."""
     embedder = FakeEmbedder()
     gallery = fake_gallery(n, embedder, image_dir=root)
@@ -97,7 +96,7 @@ def served_document(document: dict[str, Any], dim: int, ids: Sequence[int]) -> d
     document = copy.deepcopy(document)
     schemas = document["components"]["schemas"]
     for name in ("SearchRequest", "NewItem"):
-        for node in _walk(schemas[name]):
+        for node in walk(schemas[name]):
             if node.get("type") == "array" and node.get("items") == {"type": "number"}:
                 node.update(minItems=dim, maxItems=dim)
                 node["items"] = {"type": "number", "minimum": -VECTOR_MAX, "maximum": VECTOR_MAX}
@@ -105,8 +104,10 @@ def served_document(document: dict[str, Any], dim: int, ids: Sequence[int]) -> d
     schemas["NewVectorItem"] = _with_vector(schemas["NewItem"])
     schemas["AddItemsRequest"]["properties"]["items"]["items"] = _ref("NewVectorItem")
     some_ids = [*ids, *ABSENT_IDS]
-    for name in ("SearchRequest", "Filter", "DeleteItemsRequest", "NewItem", "NewVectorItem"):
+    for name in ("SearchRequest", "Filter", "DeleteItemsRequest"):
         _item_ids(schemas[name], some_ids)
+    for name in ("NewItem", "NewVectorItem"):  # mostly new ids; one stored id for the 409
+        _item_ids(schemas[name], [*NEW_IDS, *ids[:1]])
     for path in ("/v1/items/{item_id}", "/v1/items/{item_id}/image"):
         for parameter in document["paths"][path]["get"]["parameters"]:
             _item_ids(parameter, some_ids)
@@ -118,14 +119,15 @@ def served_document(document: dict[str, Any], dim: int, ids: Sequence[int]) -> d
     return document
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object in a JSON document, depth first."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from walk(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _walk(value)
+            yield from walk(value)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -167,14 +169,16 @@ def _is_item_id(node: dict[str, Any]) -> bool:
 def _item_ids(root: dict[str, Any], ids: Sequence[int]) -> None:
     """Each int64 id schema under `root` becomes an enum of `ids`. (An `anyOf` with the original
     schema would not do: the generator merges the enum into the integer range.)"""
-    for node in list(_walk(root)):
+    for node in list(walk(root)):
         for key, child in list(node.items()):
             if isinstance(child, dict) and _is_item_id(child):
                 node[key] = {"enum": list(ids)}
 
 
 # JSON texts for the form fields the routes parse themselves: valid ones, class numbers and
-# names in and out of range, and a few the routes must refuse.
+# names in and out of range, and a few the routes must refuse, one nested deeper than Python's
+# recursion limit.
+DEEP = "[" * 5000 + "]" * 5000
 FILTER_TEXTS = [
     "",
     "{}",
@@ -189,16 +193,19 @@ FILTER_TEXTS = [
     '{"colour": [1]}',
     "[1]",
     "{",
+    DEEP,
 ]
 ITEMS_TEXTS = [
-    json.dumps([{"id": i, "coarse": COARSE[j % 3], "fine": str(j)}])
-    for j, i in enumerate(ABSENT_IDS)
+    json.dumps([{"id": i + k, "coarse": COARSE[k], "fine": str(i % 7)} for k in range(n)])
+    for n in (1, 2, 3)  # as many items as the 1 to 3 images of a request
+    for i in range(2000, 2060, 3)
 ] + [
     '[{"id": 100}]',  # already stored: 409
     '[{"id": 5, "coarse": 7, "extra": {"note": "x"}}]',
     "[]",
-    '[{"id": 6}, {"id": 7}]',  # two items for one image: 422
+    '[{"id": 6}, {"id": 6}]',  # one id twice: 422
     '{"id": 8}',
+    DEEP,
 ]
 
 
@@ -241,13 +248,15 @@ IMAGE_MODES = {
 
 # ---- links between routes --------------------------------------------------------------
 
-# (source method, path), status, link name, target (method, path), parameters, request body.
+# (source method, path), status, link name, target (method, path), parameters, request body
+# (merged into the generated one: `vectors: None` turns a generated query by vectors into one by
+# the linked id).
 # The ids listed by GET /v1/items are searched by and deleted; a deleted id must then be gone
 # (use_after_free); an added id must be found (ensure_resource_availability); reloads follow
 # writes, so a reload of what was just saved is exercised too.
 LINKS: list[tuple[tuple[str, str], str, str, tuple[str, str], dict[str, str], Any]] = [
     (("get", "/v1/items"), "200", "SearchByListedId", ("post", "/v1/search"), {},
-     {"ids": ["$response.body#/items/0/id"]}),
+     {"ids": ["$response.body#/items/0/id"], "vectors": None}),
     (("get", "/v1/items"), "200", "DeleteListedId", ("delete", "/v1/items"), {},
      {"ids": ["$response.body#/items/0/id"]}),
     (("delete", "/v1/items"), "200", "GetDeletedId", ("get", "/v1/items/{item_id}"),
@@ -256,7 +265,7 @@ LINKS: list[tuple[tuple[str, str], str, str, tuple[str, str], dict[str, str], An
     (("post", "/v1/items"), "200", "GetAddedId", ("get", "/v1/items/{item_id}"),
      {"path.item_id": "$request.body#/items/0/id"}, None),
     (("post", "/v1/items"), "200", "SearchByAddedId", ("post", "/v1/search"), {},
-     {"ids": ["$request.body#/items/0/id"]}),
+     {"ids": ["$request.body#/items/0/id"], "vectors": None}),
     (("post", "/v1/items"), "200", "ReloadAfterAdd", ("post", "/v1/reload"), {}, None),
     (("post", "/v1/reload"), "200", "ListAfterReload", ("get", "/v1/items"), {}, None),
 ]  # fmt: skip

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from coins.retrieval.knn import nearest
 from coins.train.report.figures import new_figure
 
 FRAME = {"query": "tab:blue", "match": "tab:green", "miss": "tab:red", "unlabelled": "grey"}
@@ -39,12 +40,10 @@ class Tile:
 
 def nearest_others(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Indices [q,k] of the k items nearest each query by inner product, the query excluded;
-    ties go to the lower index. x [N,D] L2-normalised, queries [q] indices into x."""
+    ties (within 1e-6) go to the lower index. x [N,D] L2-normalised, queries [q] indices into x."""
     if not 1 <= k < len(x):
         raise ValueError(f"k must be in [1, N - 1] = [1, {len(x) - 1}], got {k}")
-    scores = x[queries] @ x.T  # [q,N]
-    scores[np.arange(len(queries)), queries] = -np.inf  # a query never retrieves itself
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return nearest(x[queries], x, k, exclude=queries)[1]
 
 
 def pick_queries(labels: np.ndarray, count: int, seed: int = 0) -> np.ndarray:

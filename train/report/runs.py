@@ -31,19 +31,7 @@ from coins.train.report.figures import (
     tsne_2d,
 )
 from coins.train.report.grid import nearest_others, pick_queries, retrieval_grid, retrieval_tiles
-
-REQUIRED = ("config.json", "checkpoint.pt")
-
-
-@dataclass(frozen=True)
-class Run:
-    """What a run directory holds: its resolved config, its log and its final metrics."""
-
-    path: Path
-    name: str
-    config: dict[str, Any]
-    log: list[dict[str, Any]]
-    metrics: dict[str, Any] | None  # eval.json; None when the run has none
+from coins.train.run_dir import CHECKPOINT, Run, read_run
 
 
 @dataclass(frozen=True)
@@ -52,22 +40,6 @@ class Panel:
 
     path: Path
     caption: str
-
-
-def load_run(path: str | Path, name: str | None = None) -> Run:
-    """Read a run directory; a missing config or checkpoint is a clear error."""
-    path = Path(path)
-    for file in REQUIRED:
-        if not (path / file).is_file():
-            raise FileNotFoundError(
-                f"run directory {path}: no {file}; expected a directory written by coins train"
-            )
-    log_file, eval_file = path / "metrics.jsonl", path / "eval.json"
-    lines = log_file.read_text().splitlines() if log_file.is_file() else []
-    log = [json.loads(line) for line in lines if line.strip()]
-    metrics = json.loads(eval_file.read_text()) if eval_file.is_file() else None
-    config = json.loads((path / "config.json").read_text())
-    return Run(path, name or path.name, config, log, metrics)
 
 
 def run_names(paths: Sequence[Path]) -> list[str]:
@@ -97,7 +69,7 @@ def report(
     if queries < 1 or k < 1:
         raise ValueError(f"expected queries >= 1 and k >= 1, got queries={queries}, k={k}")
     paths = [Path(p) for p in run_dirs]
-    runs = [load_run(p, n) for p, n in zip(paths, run_names(paths), strict=True)]
+    runs = [read_run(p, n) for p, n in zip(paths, run_names(paths), strict=True)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = summary_figures(runs, out)
@@ -161,7 +133,7 @@ def run_figures(
     seed: int,
 ) -> list[Panel]:
     """The embedding map and the retrieval grid of one run's checkpoint on `data`."""
-    x = embed_dataset(load_embedder(run.path / "checkpoint.pt"), data, progress=False)  # [N,D]
+    x = embed_dataset(load_embedder(run.path / CHECKPOINT), data, progress=False)  # [N,D]
     shown = _subsample(len(x), max_points, seed)
     fine = None if data.fine_labels is None else data.fine_labels[shown]
     layout = tsne_2d(x[shown], seed)

@@ -24,7 +24,8 @@ from coins.serve.api.deps import (
     manifest_dict,
     summarize,
 )
-from coins.serve.api.errors import ApiError, parse_json_field
+from coins.serve.api.errors import ApiError, json_body_schema, parse_json_body, parse_json_field
+from coins.serve.api.limits import read_body
 from coins.serve.api.loading import reload_index
 from coins.serve.api.schemas import (
     AddItemsRequest,
@@ -101,11 +102,17 @@ def _check_paths(items: list[NewItem], index: Index, settings: ServeSettings) ->
             )
 
 
-@router.post("/items", response_model=ItemsChanged)
-async def add_items(body: AddItemsRequest, state: ReadyDep, settings: SettingsDep) -> ItemsChanged:
-    """Add items given by their vectors (normalised here) and metadata."""
-    _check_new(body.items, settings)
+@router.post("/items", response_model=ItemsChanged, openapi_extra=json_body_schema(AddItemsRequest))
+async def add_items(request: Request, state: ReadyDep, settings: SettingsDep) -> ItemsChanged:
+    """Add items given by their vectors (normalised here) and metadata.
+
+    The body is read up to its bound (413 past `max_items_add` items' worth of bytes) and
+    parsed by pydantic, as /v1/search's: deep nesting is a 422, never a 400."""
     _, index = loaded(state)
+    what = f"adding items ({settings.max_items_add} items of dimension {index.dim})"
+    raw = await read_body(request, settings.max_add_bytes(index.dim), what)
+    body = parse_json_body(AddItemsRequest, raw)
+    _check_new(body.items, settings)
     if any(it.vector is None for it in body.items):
         raise ApiError(422, "every item needs a `vector` here; upload images to /v1/items/images")
     try:
@@ -159,11 +166,13 @@ def _remove(state: ServiceState, settings: ServeSettings, ids: list[int]) -> Ite
             return ItemsChanged(removed=int(present.size), missing=missing, ntotal=index.ntotal)
 
 
-@router.delete("/items", response_model=ItemsChanged)
-async def delete_items(
-    body: DeleteItemsRequest, state: ReadyDep, settings: SettingsDep
-) -> ItemsChanged:
+@router.delete(
+    "/items", response_model=ItemsChanged, openapi_extra=json_body_schema(DeleteItemsRequest)
+)
+async def delete_items(request: Request, state: ReadyDep, settings: SettingsDep) -> ItemsChanged:
     """Delete items by id; ids not in the index are listed as `missing`."""
+    raw = await read_body(request, settings.max_delete_bytes(), "deleting items")
+    body = parse_json_body(DeleteItemsRequest, raw)
     return await state.write(_remove, state, settings, body.ids)
 
 

@@ -13,7 +13,8 @@ from pydantic import TypeAdapter
 
 from coins.serve.api.deps import MetricsDep, ReadyDep, SettingsDep, in_pool, loaded
 from coins.serve.api.errors import ApiError, json_body_schema, parse_json_body, parse_json_field
-from coins.serve.api.observability import Metrics
+from coins.serve.api.limits import read_body
+from coins.serve.api.observability import ServiceMetrics
 from coins.serve.api.schemas import (
     MAX_K,
     EmbedResponse,
@@ -57,38 +58,14 @@ async def search(
     code: a batch of vectors is thousands of floats, too slow for the event loop's thread."""
     start = time.perf_counter()
     _, index = loaded(state)
-    raw = await _read_body(request, settings, index.dim)
+    what = f"a search ({settings.max_vectors} query vectors of dimension {index.dim}, a filter)"
+    raw = await read_body(request, settings.max_search_bytes(index.dim), what)
     payload = await in_pool(request, _search_json, state, metrics, settings, raw, start)
     return Response(payload, media_type="application/json")
 
 
-async def _read_body(request: Request, settings: ServeSettings, dim: int) -> bytes:
-    """The body, or 413 as soon as it is known to exceed `settings.max_search_bytes(dim)`: by
-    its Content-Length before a byte is read, or while a chunked body streams in. Nothing larger
-    is ever parsed."""
-    limit = settings.max_search_bytes(dim)
-
-    def too_large(size: str) -> ApiError:
-        return ApiError(
-            413,
-            f"request body of {size} bytes is more than this server's limit of {limit:,} bytes "
-            f"for a search ({settings.max_vectors} query vectors of dimension {dim}, a filter)",
-        )
-
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(f"{int(declared):,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(f"at least {size:,}")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _search_json(
-    state: ServiceState, metrics: Metrics, settings: ServeSettings, raw: bytes, start: float
+    state: ServiceState, metrics: ServiceMetrics, settings: ServeSettings, raw: bytes, start: float
 ) -> bytes:
     body = parse_json_body(SearchRequest, raw)
     _check_k(body.k, settings)
@@ -103,7 +80,9 @@ def _search_json(
     return SearchResponse(results=found, took_ms=took_ms).model_dump_json().encode()
 
 
-def _search_body(state: ServiceState, metrics: Metrics, body: SearchRequest) -> list[QueryResult]:
+def _search_body(
+    state: ServiceState, metrics: ServiceMetrics, body: SearchRequest
+) -> list[QueryResult]:
     _, index = loaded(state)
     allowed = allowed_ids(state, body.filter)  # first: a bad class number is a cheap 422
     exclude = None
@@ -174,7 +153,7 @@ async def search_image(
 
 def _search_images(
     state: ServiceState,
-    metrics: Metrics,
+    metrics: ServiceMetrics,
     settings: ServeSettings,
     payloads: list[Payload],
     k: int,
@@ -183,10 +162,9 @@ def _search_images(
     filter_: Filter | None,
     with_metadata: bool,
 ) -> list[QueryResult]:
-    embedder, index = loaded(state)
+    embedder, _ = loaded(state)
     allowed = allowed_ids(state, filter_)  # before embedding: a bad class number is a cheap 422
-    xq, probs = embed_uploads(state, metrics, settings, payloads)
-    xq = normalise(xq, index.dim)
+    xq, probs = embed_uploads(state, metrics, settings, payloads)  # L2-normalised by the runner
     names = embedder.coarse_classes
     if gate == "coarse":
         if probs is None:

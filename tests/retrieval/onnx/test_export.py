@@ -40,16 +40,24 @@ def make_checkpoint(path: Path, method: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    """(checkpoint, model.onnx) for coins (backbone), ins (backbone) and opt (head)."""
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, tiny_onnx: Path
+) -> dict[str, tuple[Path, Path]]:
+    """(checkpoint, model.onnx) for coins (backbone: the session's trained model, read only),
+    ins (backbone) and opt (head)."""
     folder = tmp_path_factory.mktemp("export")
-    out = {}
-    for method, which in (("coins", "backbone"), ("ins", "backbone"), ("opt", "head")):
+    out = {"coins": (tiny_checkpoint, tiny_onnx)}
+    for method, which in (("ins", "backbone"), ("opt", "head")):
         ckpt = make_checkpoint(folder / f"{method}.pt", method)
         onnx_path = folder / f"{method}.onnx"
         export_checkpoint(ckpt, onnx_path, which=which)  # type: ignore[arg-type]
         out[method] = (ckpt, onnx_path)
     return out
+
+
+def trained_classes(ckpt: Path) -> list[str]:
+    """The coarse classes of the checkpoint's classifier: what its export must carry."""
+    return torch.load(ckpt, weights_only=False)["classifier"]["classes"]
 
 
 def torch_outputs(ckpt: Path, x: torch.Tensor, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +104,8 @@ def test_metadata_holds_preprocess_config_method_and_classes(exported) -> None:
     }  # fmt: skip
     assert EmbedderConfig.from_dict(meta["model_config"]) == EmbedderConfig.from_dict(TINY_MODEL)
     assert meta["which"] == "backbone" and meta["method"] == "coins"
-    assert meta["coarse_classes"] == COARSE and meta["embedding_dim"] == 32
+    assert meta["coarse_classes"] == trained_classes(exported["coins"][0])
+    assert meta["embedding_dim"] == 32
     assert meta["coins_version"] == __version__
     assert meta["source"]["trained_on"]["dataset"] == "synthetic-patches"
 
@@ -104,7 +113,8 @@ def test_metadata_holds_preprocess_config_method_and_classes(exported) -> None:
 def test_coarse_head_only_where_the_method_trained_a_coarse_classifier(exported) -> None:
     coins, ins = OnnxEmbedder(exported["coins"][1]), OnnxEmbedder(exported["ins"][1])
     x = np.zeros((2, 3, 16, 16), np.float32)
-    assert coins.coarse_classes == COARSE and coins.embed_arrays(x).coarse_probs is not None
+    assert coins.coarse_classes == trained_classes(exported["coins"][0])
+    assert coins.embed_arrays(x).coarse_probs is not None
     assert ins.coarse_classes is None and ins.embed_arrays(x).coarse_probs is None
     assert [o.name for o in ins.session.get_outputs()] == ["embedding"]
 
@@ -162,7 +172,7 @@ def test_cli_export_prints_the_check(exported, tmp_path) -> None:
     result = CliRunner().invoke(app, ["export", str(exported["coins"][0]), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "coarse_probs ['batch', 4]" in result.output and "max abs diff" in result.output
-    assert OnnxEmbedder(out).coarse_classes == COARSE
+    assert OnnxEmbedder(out).coarse_classes == trained_classes(exported["coins"][0])
 
 
 @pytest.mark.slow

@@ -1,43 +1,34 @@
-"""The embedding runner, gallery enumeration and embedding shards, on a tiny exported model."""
+"""The embedding runner on a tiny exported model (galleries: ../test_gallery.py; shards:
+../test_shards.py and ../test_embed_job.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from train_fixtures import TINY_DATA, TINY_MODEL
-from typer.testing import CliRunner
+from train_fixtures import TINY_DATA
 
-from coins.cli import app
+from coins.retrieval.checkpoint import load_embedder
 from coins.retrieval.data import build_dataset
 from coins.retrieval.evaluate import embed_dataset
-from coins.retrieval.models import Embedder, EmbedderConfig
-from coins.retrieval.onnx.contract import Classifier
-from coins.retrieval.onnx.export import export_model
-from coins.retrieval.onnx.runner import EmbedError, OnnxEmbedder, gallery_source, model_sha256
-from coins.retrieval.shards import (
-    embed_gallery,
+from coins.retrieval.models import Embedder
+from coins.retrieval.onnx.runner import (
+    EmbedError,
+    OnnxEmbedder,
     embed_items,
-    parse_shard,
-    read_embedding_shards,
+    gallery_source,
+    model_sha256,
 )
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Embedder, Path]:
-    """A randomly initialised tiny embedder with a coarse head, and its export."""
-    torch.manual_seed(0)
-    model = Embedder(EmbedderConfig.from_dict(TINY_MODEL)).eval()
-    path = tmp_path_factory.mktemp("embed") / "tiny.onnx"
-    head = Classifier(torch.randn(4, 8), 0.2, ["a", "b", "c", "d"], "coarse")
-    export_model(model, path, "backbone", head, "coins")
-    return model, path
+def tiny(tiny_checkpoint: Path, tiny_onnx: Path) -> tuple[Embedder, Path]:
+    """The session's tiny trained embedder (with its coarse head) and its export."""
+    return load_embedder(tiny_checkpoint).eval(), tiny_onnx
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +52,7 @@ def write_images(folder: Path, names: list[str]) -> list[Path]:
 
 def test_runner_reads_what_it_needs_from_the_model_file(runner, tiny) -> None:
     assert runner.dim == 32 and runner.preprocess.input_size == 16
-    assert runner.coarse_classes == ["a", "b", "c", "d"]
+    assert runner.coarse_classes == tiny_test_split().coarse_classes
     assert runner.sha256 == model_sha256(tiny[1]) and len(runner.sha256) == 64
     assert runner.metadata["method"] == "coins"
 
@@ -117,113 +108,11 @@ def test_corrupt_images_are_skipped_and_reported_or_raise_when_strict(runner, tm
         runner.embed_files(files, strict=True, progress=False)
 
 
-def test_gallery_of_a_class_folder_has_paths_and_class_names(tmp_path) -> None:
-    write_images(tmp_path, ["shoes/red/1.png", "shoes/blue/2.png", "bags/3.png"])
-    gallery = gallery_source(images=tmp_path)
-    assert gallery.source == {"kind": "images", "root": str(tmp_path.resolve()), "split": "all"}
-    assert [(r["coarse"], r["fine"]) for r in gallery.rows] == [
-        ("bags", None), ("shoes", "shoes/blue"), ("shoes", "shoes/red"),
-    ]  # fmt: skip
-    assert gallery.rows[0]["path"] == str((tmp_path / "bags/3.png").resolve())
-    np.testing.assert_array_equal(gallery.ids, [0, 1, 2])
-
-
 def test_embed_items_keeps_rows_with_their_ids_and_lists_the_skipped(runner, tmp_path) -> None:
     write_images(tmp_path, ["shoes/1.png", "shoes/2.png", "bags/3.png"])
     (tmp_path / "shoes/0.png").write_bytes(b"broken")
     gallery = gallery_source(images=tmp_path)
     done = embed_items(runner, gallery, progress=False)
-    np.testing.assert_array_equal(done.ids, [0, 2, 3])  # bags/3, shoes/1, shoes/2
-    assert [r["id"] for r in done.rows] == [0, 2, 3] and done.vectors.shape == (3, 32)
-    assert [(s["id"], Path(s["path"]).name) for s in done.skipped] == [(1, "0.png")]
-
-
-def test_gallery_of_a_flat_folder_is_unlabelled(tmp_path) -> None:
-    write_images(tmp_path, ["b.png", "a.jpg"])
-    (tmp_path / "notes.txt").write_text("not an image")
-    gallery = gallery_source(images=tmp_path)
-    assert [Path(r["path"]).name for r in gallery.rows] == ["a.jpg", "b.png"]
-    assert all(r["coarse"] is None and r["fine"] is None for r in gallery.rows)
-
-
-def test_gallery_of_a_manifest_keeps_ids_and_extra_columns(tmp_path) -> None:
-    write_images(tmp_path, ["x.png", "y.png", "z.png"])
-    (tmp_path / "items.csv").write_text(
-        "path,coarse,fine,id,split,sku\n"
-        "x.png,shoes,s1,10,test,A-1\ny.png,bags,,20,train,B-2\nz.png,bags,b1,30,test,C-3\n"
-    )
-    gallery = gallery_source(manifest=tmp_path / "items.csv", split="test")
-    np.testing.assert_array_equal(gallery.ids, [10, 30])
-    assert [(r["id"], r["coarse"], r["fine"], r["sku"]) for r in gallery.rows] == [
-        (10, "shoes", "s1", "A-1"), (30, "bags", "b1", "C-3"),
-    ]  # fmt: skip
-    with pytest.raises(ValueError, match="expected a split"):
-        gallery_source(manifest=tmp_path / "items.csv")
-
-
-def test_gallery_needs_exactly_one_source(tmp_path) -> None:
-    with pytest.raises(ValueError, match="exactly one of dataset, images, manifest"):
-        gallery_source(dataset="synthetic-patches", images=tmp_path)
-
-
-def test_shards_cover_the_gallery_once_and_read_back_in_one_piece(runner, tmp_path) -> None:
-    gallery = gallery_source("synthetic-patches", "test", options=TINY_DATA)
-    for i in range(3):
-        info = embed_gallery(runner, gallery, tmp_path / f"m{i}", (i, 3), progress=False)
-        assert info["count"] == len(range(i, 48, 3))
-    ids, vectors, rows, info = read_embedding_shards([tmp_path / f"m{i}" for i in range(3)])
-    order = np.argsort(ids)
-    np.testing.assert_array_equal(ids[order], gallery.ids)
-    full = runner.embed_dataset(tiny_test_split(), progress=False).vectors
-    np.testing.assert_allclose(vectors[order], full, atol=1e-6)
-    assert [r["id"] for r in rows] == ids.tolist()
-    assert rows[0] == gallery.rows[0] and rows[0]["path"] is None
-    assert info["model_sha256"] == runner.sha256 and info["dim"] == 32 and info["count"] == 48
-    saved = json.loads((tmp_path / "m1/shard-00001-of-00003.json").read_text())
-    assert saved["source"]["dataset"] == "synthetic-patches" and saved["count"] == 16
-
-
-def test_shards_of_another_model_or_missing_or_repeated_are_errors(runner, tmp_path) -> None:
-    gallery = gallery_source("synthetic-patches", "test", options=TINY_DATA)
-    for i in range(2):
-        embed_gallery(runner, gallery, tmp_path / "a", (i, 2), progress=False)
-    embed_gallery(runner, gallery, tmp_path / "b", (0, 2), progress=False)
-    with pytest.raises(EmbedError, match=r"missing \[1\], repeated \[\]"):
-        read_embedding_shards(tmp_path / "b")
-    with pytest.raises(EmbedError, match=r"missing \[\], repeated \[0\]"):
-        read_embedding_shards([tmp_path / "a", tmp_path / "b"])
-    info_path = tmp_path / "a/shard-00001-of-00002.json"
-    info = json.loads(info_path.read_text())
-    info_path.write_text(json.dumps(info | {"model_sha256": "0" * 64}))
-    with pytest.raises(EmbedError, match="shards disagree on model_sha256"):
-        read_embedding_shards(tmp_path / "a")
-    with pytest.raises(EmbedError, match="no shard"):
-        read_embedding_shards(tmp_path / "empty")
-
-
-def test_parse_shard() -> None:
-    assert parse_shard("2/5") == (2, 5)
-    for bad in ("5/5", "-1/2", "1", "a/b"):
-        with pytest.raises(ValueError, match="expected a shard I/N"):
-            parse_shard(bad)
-
-
-def test_cli_embed_skips_a_corrupt_image_unless_strict(tiny, tmp_path) -> None:
-    write_images(tmp_path / "gallery", ["shoes/1.png", "shoes/2.png", "bags/3.png"])
-    (tmp_path / "gallery/bags/bad.png").write_bytes(b"broken")
-    args = [
-        "embed",
-        str(tiny[1]),
-        "--images",
-        str(tmp_path / "gallery"),
-        "-o",
-        str(tmp_path / "out"),
-    ]
-    result = CliRunner().invoke(app, [*args, "--shard", "0/1"])
-    assert result.exit_code == 0, result.output
-    assert "bad.png" in result.output and "3 of 4 items embedded (1 skipped)" in result.output
-    ids, vectors, rows, info = read_embedding_shards(tmp_path / "out")
-    assert len(ids) == 3 and vectors.shape == (3, 32) and len(info["skipped"]) == 1
-    assert "bad.png" not in json.dumps(rows)
-    strict = CliRunner().invoke(app, [*args, "--strict"])
-    assert strict.exit_code == 2 and "bad.png: expected a readable image" in strict.output
+    np.testing.assert_array_equal(done.ids, gallery.ids[[0, 2, 3]])  # bags/3, shoes/1, shoes/2
+    assert [r["id"] for r in done.rows] == done.ids.tolist() and done.vectors.shape == (3, 32)
+    assert [(s["id"], Path(s["path"]).name) for s in done.skipped] == [(gallery.ids[1], "0.png")]

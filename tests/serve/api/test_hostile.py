@@ -237,6 +237,32 @@ def test_deep_json_bodies_are_refused(client, method, url, body) -> None:
     assert 400 <= r.status_code < 500 and r.json()["message"], r.text
 
 
+@pytest.mark.parametrize(("method", "body"), [("POST", "items"), ("DELETE", "ids")])
+def test_deep_json_admin_bodies_are_422_as_search_bodies_are(client, method, body) -> None:
+    headers = {"Content-Type": "application/json", **ADMIN}
+    r = client.request(
+        method, "/v1/items", content='{"' + body + '": ' + DEEP + "}", headers=headers
+    )
+    assert r.status_code == 422, r.text
+
+
+def test_admin_bodies_keep_their_schema_in_the_openapi(client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]["/v1/items"]
+    for method, model in (("post", "AddItemsRequest"), ("delete", "DeleteItemsRequest")):
+        schema = paths[method]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{model}"}
+
+
+def test_too_many_items_are_refused_by_size_before_parsing(tmp_path, artifacts) -> None:
+    s = settings(tmp_path, max_items_add=2)
+    item = {"id": 1, "vector": [0.123456789] * DIM, "coarse": COARSE[0]}
+    raw = json.dumps({"items": [item] * 5_000}).encode()
+    assert len(raw) > s.max_add_bytes(DIM)
+    with running(create_app(s, artifacts)) as c:
+        r = c.post("/v1/items", content=raw, headers=ADMIN)
+        assert r.status_code == 413 and "for adding items (2 items" in r.json()["message"]
+
+
 # ---- 4. limits before work ---------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from serve_fakes import wait_readyz
-from serve_real import build_real, start_server, stop_server
+from serve_real import Built, start_server, stop_server
 from train_fixtures import TINY_DATA
 from typer.testing import CliRunner
 
@@ -18,16 +18,17 @@ from coins.cli import app as cli
 from coins.retrieval.data import build_dataset
 from coins.retrieval.metrics import recall_at_k
 from coins.serve.api.app import create_app
-from coins.serve.client.http import ApiError, SearchClient
+from coins.serve.client.http import SearchClient, SearchServiceError
 from coins.serve.client.recall import png_bytes, recall_by_ids, recall_by_images
 from coins.serve.index.store import SearchIndex
 
 KEY = "k3y"
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_real(tmp_path_factory.mktemp("serve-real"))
+@pytest.fixture
+def built(tiny_built: Built) -> Built:
+    """The session's tiny model and index (tests/conftest.py): read only, copy to write."""
+    return tiny_built
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_recall_through_the_server_equals_recall_of_the_index(built) -> None:
                 client, build_dataset("synthetic-patches", "test", **TINY_DATA), batch=16
             )
             assert client.index()["ntotal"] == 48 and len(shown) == 3
-            with pytest.raises(ApiError, match="404"):
+            with pytest.raises(SearchServiceError, match="404"):
                 client.search_ids([10**9])
         index = SearchIndex.load(built.index_dir)
         ids, _, fine = index.labels()

@@ -32,17 +32,20 @@ def export_tiny(path: Path, channels: list[int]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny model and a flat index of the synthetic-patches test split (48 items)."""
-    tmp = tmp_path_factory.mktemp("index")
-    model = export_tiny(tmp / "tiny.onnx", [8, 16, 16, 32])
-    out = tmp / "idx"
-    args = ["index", str(model), "--dataset", "synthetic-patches", "--split", "test", *DATA]
+@pytest.fixture
+def built(tiny_onnx: Path, tiny_index: Path) -> tuple[Path, Path]:
+    """The session's tiny model and its flat index of the synthetic-patches test split (48
+    items), as `coins index` builds it (tests/conftest.py): read only."""
+    return tiny_onnx, tiny_index
+
+
+def test_index_builds_a_flat_index_of_a_data_set_split(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    args = ["index", str(tiny_onnx), "--dataset", "synthetic-patches", "--split", "test", *DATA]
     result = runner.invoke(app, [*args, "--type", "flat", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "48 vectors of dimension 32, IDMap2,Flat" in result.output
-    return model, out
+    assert SearchIndex.load(out).ntotal == 48
 
 
 def test_search_by_id_never_returns_the_item(built) -> None:
@@ -53,7 +56,7 @@ def test_search_by_id_never_returns_the_item(built) -> None:
     assert result.exit_code == 0, result.output
     hits = json.loads(result.output)[0]
     assert len(hits) == 5 and first not in [h["id"] for h in hits]
-    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert [h["rank"] for h in hits] == [0, 1, 2, 3, 4]
     assert all(h["metadata"]["coarse"] is not None for h in hits)
     assert hits[0]["score"] >= hits[-1]["score"]
 

@@ -9,8 +9,14 @@ from coins.serve.index.build import IndexBuildError, build_index
 from coins.serve.index.choice import IndexChoiceError, choose_index, nlist_for
 from coins.serve.index.manifest import IndexManifest
 from coins.serve.index.metadata import MetadataStore
-from coins.serve.index.store import IndexLoadError, IndexUpdateError, SearchIndex, UnknownIdError
-from coins.serve.index.tuning import drop_self, k_recall
+from coins.serve.index.store import (
+    IndexLoadError,
+    IndexUpdateError,
+    SearchIndex,
+    UnknownIdError,
+    result_rows,
+)
+from coins.serve.index.tuning import k_recall
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -224,9 +230,12 @@ def test_auto_choice_follows_size_and_memory() -> None:
     assert nlist_for(500) == 8  # at least 39 training points per list
 
 
-def test_drop_self_removes_the_query_or_the_last() -> None:
-    I = np.array([[5, 1, 2], [3, 4, 6]])
-    assert drop_self(I, np.array([1, 9]), 2).tolist() == [[5, 2], [3, 4]]
+def test_result_rows_drop_the_query_and_the_padding() -> None:
+    I = np.array([[5, 1, 2], [3, -1, -1]])
+    D = np.array([[0.9, 0.8, 0.7], [0.5, 0.0, 0.0]], dtype=np.float32)
+    rows = result_rows(D, I, 2, exclude=np.array([1, 9]))
+    assert [ids.tolist() for ids, _ in rows] == [[5, 2], [3]]
+    assert rows[0][1].tolist() == pytest.approx([0.9, 0.7])
 
 
 def _rehash(path) -> None:
@@ -245,10 +254,9 @@ def test_a_metadata_file_that_is_not_sqlite_is_a_clear_error(flat) -> None:
         SearchIndex.load(path)
 
 
-def test_ground_truth_in_blocks_equals_brute_force_on_the_kept_rows(monkeypatch) -> None:
+def test_ground_truth_equals_brute_force_on_the_kept_rows() -> None:
     from coins.serve.index import tuning
 
-    monkeypatch.setattr(tuning, "GT_BLOCK", 7)  # many blocks, some with few kept rows
     ids, xb, _ = gallery(n=100)
     xq = clustered(5, seed=4)[0]
     keep = np.arange(100) % 3 != 0

@@ -5,11 +5,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from PIL import Image
-from train_fixtures import tiny_config
 from typer.testing import CliRunner
 
 from coins.cli import app
-from coins.train import train
 from coins.train.report.figures import PNG_SIGNATURE
 from coins.train.report.grid import (
     Tile,
@@ -25,11 +23,11 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two tiny run directories: one trained for 2 steps, and a copy under another name."""
+def runs(tmp_path_factory, tiny_run):
+    """Two tiny run directories: copies of the session's tiny run under two names."""
     base = tmp_path_factory.mktemp("runs")
-    train(tiny_config(method="coins", max_steps=2), base / "coins-a", progress=False)
-    shutil.copytree(base / "coins-a", base / "coins-b")
+    for name in ("coins-a", "coins-b"):
+        shutil.copytree(tiny_run, base / name)
     return [base / "coins-a", base / "coins-b"]
 
 

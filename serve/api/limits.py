@@ -1,0 +1,123 @@
+"""The limits on reading a request body: its size (413) and how long it may take (408).
+
+`BodyLimits` bites in an ASGI middleware, before any route parses a body: a declared
+Content-Length over the limit is refused at once, a chunked body as soon as its chunks pass the
+limit. Routes that parse their JSON themselves (`read_body`) bound it lower, by what they accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coins.serve.api.errors import ApiError, error_response
+
+
+class BodyTooLarge(HTTPException):
+    """413. An HTTPException, so that FastAPI passes it on from its form and JSON parsing, which
+    turn any other error raised while reading a body into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than the limit of {limit:,} bytes")
+
+
+class BodyTimeout(HTTPException):
+    """408: the client was too slow sending the body (an HTTPException for the same reason)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(408, f"request body: {why}")
+
+
+class BodyLimits:
+    """ASGI middleware: at most `max_body` bytes (413), at most `idle_timeout` seconds between
+    two chunks and `total_timeout` seconds from the request's arrival to the body's end (408)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int,
+        idle_timeout: float = math.inf,
+        total_timeout: float = math.inf,
+    ) -> None:
+        self.app, self.max_body = app, max_body
+        self.idle_timeout, self.total_timeout = idle_timeout, total_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received, started, body_done = 0, False, False
+        deadline = time.monotonic() + self.total_timeout
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:  # later calls wait for a disconnect: no time limit on those
+                return await receive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BodyTimeout(f"not received within {self.total_timeout:g} s")
+            try:
+                message = await asyncio.wait_for(receive(), min(self.idle_timeout, left))
+            except TimeoutError:
+                if left > self.idle_timeout:
+                    raise BodyTimeout(f"no data for {self.idle_timeout:g} s") from None
+                raise BodyTimeout(f"not received within {self.total_timeout:g} s") from None
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise BodyTooLarge(self.max_body)
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            if declared_length(scope) > self.max_body:
+                raise BodyTooLarge(self.max_body)
+            await self.app(scope, limited_receive, send_started)
+        except (BodyTooLarge, BodyTimeout) as exc:  # raised outside the routes' error handlers
+            if started:
+                raise
+            await error_response(exc.status_code, exc.detail)(scope, receive, send)
+
+
+def declared_length(scope: Scope) -> int:
+    """The request's Content-Length, 0 when absent or not a number."""
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The body of a route that parses its JSON itself, or 413 as soon as it is known to exceed
+    `limit` bytes (allowed for `what`): by its Content-Length before a byte is read, or while a
+    chunked body streams in. Nothing larger is ever parsed."""
+
+    def too_large(size: str) -> ApiError:
+        return ApiError(
+            413,
+            f"request body of {size} bytes is more than this server's limit of {limit:,} bytes "
+            f"for {what}",
+        )
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(f"{int(declared):,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"at least {size:,}")
+        chunks.append(chunk)
+    return b"".join(chunks)
