@@ -15,11 +15,11 @@ $(VENV)/.torch:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e '.[cpu]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[cpu,test]'
 	touch $@
 
 # The whole product on the built-in synthetic set: train a short coins run, export it to ONNX,

@@ -15,7 +15,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 import typer.core
@@ -41,6 +41,14 @@ class _Commands(typer.core.TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as e:  # faiss or onnxruntime: say which extra installs it
+            from coins.retrieval.extras import missing_extra
+
+            hint = missing_extra(e.name)
+            if os.environ.get("COINS_DEBUG") == "1" or hint is None:
+                raise
+            typer.secho(f"error: {hint}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=2) from e
         except Exception as e:
             if os.environ.get("COINS_DEBUG") == "1" or not isinstance(e, _user_errors()):
                 raise
@@ -71,7 +79,8 @@ data_app = typer.Typer(
 )
 index_app = typer.Typer(
     cls=_IndexGroup,
-    help="Build a FAISS index of a gallery (coins index MODEL ...), or remove items from one.",
+    help="Build a FAISS index of a gallery (coins index MODEL ...); remove items, compact its "
+    "log, snapshot or restore it.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -430,6 +439,11 @@ def serve_cmd(
         None, help="A folder whose images admin adds may name, repeatable."
     ),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    mmap: bool | None = typer.Option(
+        None, "--mmap/--no-mmap", help="Memory-map the index (fast start, read-only)."
+    ),
+    verify: str | None = typer.Option(None, help="Index check: fast (default) or full."),
+    gpu: str | None = typer.Option(None, help="Search on a GPU: auto (default), on, off."),
 ) -> None:
     """Serve the search API and web page; every setting can also come from COINS_* variables."""
     from coins.serve.api.app import run
@@ -438,7 +452,7 @@ def serve_cmd(
     flags: dict[str, Any] = {
         "host": host, "port": port, "api_key": api_key, "report_dir": report_dir,
         "workers": workers, "threads": threads, "faiss_threads": faiss_threads,
-        "image_roots": image_root,
+        "image_roots": image_root, "mmap": mmap, "verify": verify, "gpu": gpu,
     }  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
     settings = ServeSettings.model_validate({"index_dir": index_dir, "model": model, **given})
@@ -446,6 +460,12 @@ def serve_cmd(
         if path is not None and not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
     run(settings, log_level=log_level)
+
+
+def _verify(mode: str) -> Literal["fast", "full"]:
+    if mode not in ("fast", "full"):
+        raise typer.BadParameter(f"--verify must be fast or full, got {mode!r}")
+    return "fast" if mode == "fast" else "full"
 
 
 @app.command("query")
@@ -499,6 +519,10 @@ def index_build_cmd(
     batch_size: int = BATCH,
     threads: int | None = THREADS,
     strict: bool = STRICT,
+    on_disk: bool = typer.Option(
+        False, help="With --from-embeddings: IVF lists in a file, paged in by the OS."
+    ),
+    verify: str = typer.Option("fast", help="Shard check: fast (sizes) or full (sha256)."),
 ) -> None:
     """Embed a gallery with MODEL (or read `coins embed` shards) and build, tune and save an
     index."""
@@ -509,7 +533,8 @@ def index_build_cmd(
         root=root, dataset_options=_options(option), images=images, manifest=manifest,
         index_key=index_type, target_recall=target_recall, max_memory_gb=max_memory_gb,
         append=append, replace=replace, overwrite=overwrite, batch_size=batch_size,
-        threads=threads, strict=strict,
+        threads=threads, strict=strict, on_disk=on_disk, verify=_verify(verify),
+        log=lambda line: typer.secho(line, err=True),
     )  # fmt: skip
     for path, reason in failed:
         typer.secho(f"skipped {path}: {reason}", err=True)
@@ -532,6 +557,50 @@ def index_remove_cmd(
     wanted = [int(i) for part in ids for i in part.split(",") if i.strip()]
     index = remove_from_index(index_dir, np.array(wanted, dtype=np.int64))
     typer.echo(f"{index_dir}: removed {len(wanted)}, {index.ntotal:,} left")
+
+
+@index_app.command("compact")
+def index_compact_cmd(
+    index_dir: Path = typer.Argument(..., help="Index directory (no server writing to it)."),
+    verify: str = typer.Option("fast", help="Index check: fast (sizes) or full (sha256)."),
+) -> None:
+    """Fold the write-ahead log of admin adds and deletes into a new generation."""
+    from coins.serve.index.live import compact
+
+    r = compact(index_dir, verify=_verify(verify))
+    typer.echo(
+        f"{index_dir}: folded {r.changes} logged changes, generation {r.before} -> {r.after}, "
+        f"{r.ntotal:,} items"
+    )
+
+
+@index_app.command("snapshot")
+def index_snapshot_cmd(
+    index_dir: Path = typer.Argument(..., help="Index directory, served or not."),
+    out: Path = typer.Argument(..., help="New folder for the snapshot."),
+) -> None:
+    """A consistent copy of an index: its generation's files (hard links where possible) and
+    its write-ahead log, every checksum verified."""
+    from coins.serve.index.snapshot import snapshot
+
+    r = snapshot(index_dir, out)
+    typer.echo(
+        f"{out}: generation {r.generation}, {r.files} files ({r.linked} hard links), "
+        f"{r.log_records} logged changes"
+    )
+
+
+@index_app.command("restore")
+def index_restore_cmd(
+    snapshot_dir: Path = typer.Argument(..., help="Folder written by coins index snapshot."),
+    index_dir: Path = typer.Argument(..., help="Index directory to restore into."),
+    force: bool = typer.Option(False, help="Replace the index already in INDEX_DIR."),
+) -> None:
+    """Restore a snapshot (checksums verified) and check that the index loads."""
+    from coins.serve.index.snapshot import restore
+
+    r = restore(snapshot_dir, index_dir, force=force)
+    typer.echo(f"{index_dir}: restored generation {r.generation}, {r.files} files, loads")
 
 
 @app.command("search")

@@ -38,11 +38,19 @@ class OnnxArtifacts:
         return embedder
 
     def load_index(self, settings: ServeSettings, model_sha256: str) -> Index:
+        from coins.serve.index.gpu import choose_gpu, to_gpu
         from coins.serve.index.store import SearchIndex
 
         set_faiss_threads(settings.faiss_threads)
-        index: Index = SearchIndex.load(settings.index_dir, model_sha256=model_sha256)
-        return index
+        index = SearchIndex.load(
+            settings.index_dir, model_sha256, verify=settings.verify, mmap=settings.mmap
+        )
+        size = sum(f.bytes for f in index.manifest.files.values())
+        if choose_gpu(settings.gpu, index.index, size, index.read_only):
+            index.use_gpu(to_gpu(index.index))
+        log.info("index search on %s", "GPU" if index.gpu_index is not None else "CPU")
+        loaded: Index = index
+        return loaded
 
 
 def set_faiss_threads(threads: int) -> None:

@@ -13,7 +13,8 @@ MAX_K = 1000  # the hard ceiling; a server may set a lower one (ServeSettings.ma
 MAX_BATCH = 100_000  # schema ceiling on vectors/ids; the server's own limit is lower
 
 Vector = list[float]
-ItemId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # FAISS ids are int64
+# FAISS ids are int64; strict: "5", 5.0 and false are refused, as the OpenAPI document says
+ItemId = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 # a class name as stored in the index, or a number: the class's position in the index's list;
 # strict: a JSON float (2.5, 1e10) is refused, not truncated into some class number
 Label = str | Annotated[int, Field(strict=True)]
@@ -141,3 +142,27 @@ class IndexSummary(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "loading", "failed"]
     message: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: the HTTP status again and a message naming what was expected."""
+
+    status: int
+    message: str
+
+
+ERRORS = {
+    401: "Missing or wrong X-API-Key (admin routes).",
+    404: "No item with this id, or an id query that is not stored.",
+    408: "The request body did not arrive in time.",
+    409: "An id that is already stored.",
+    413: "Over a size or count limit of this server.",
+    415: "Not an image type this server decodes.",
+    422: "A well-formed request with a value that is not allowed (the message says which).",
+    503: "The model and index are still loading (see /readyz).",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a router: the error statuses its routes answer, with their body."""
+    return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in codes}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,12 +61,23 @@ class ServeSettings(BaseSettings):
     # connections count, idle or not, so it caps load rather than stopping a flood of sockets
     max_connections: int | None = Field(default=None, ge=1)
     max_items_add: int = Field(default=10_000, ge=1)  # items per admin add
-    persist: bool = True  # save the index after an admin add or delete
+    persist: bool = True  # log each admin add or delete (fsynced) before acknowledging it
+    # the write-ahead log is folded into a new index generation, in the background, once it
+    # holds this many records or bytes (`coins index compact DIR` does it offline)
+    compact_after_records: int = Field(default=10_000, ge=1)
+    compact_after_bytes: int = Field(default=256 * 2**20, ge=1)
     # folders whose image files admin adds may name and thumbnails may show, besides the gallery
     # folders the index manifest records (`roots`); an index built from a data set without image
     # files records none, and then admin adds with a `path` are refused (422) unless given here
     # (`--image-root DIR`, repeatable, or COINS_IMAGE_ROOTS='["/srv/new-items"]')
     image_roots: list[Path] = Field(default_factory=list)
+    # index loading: `mmap` maps the FAISS file (opens a 10M-item index in seconds; the index
+    # is then read-only: admin adds and deletes get 4xx); `verify` "fast" checks sizes and the
+    # ends of each file, "full" hashes every byte; `gpu` "auto" searches on a GPU when FAISS
+    # sees one and the index fits, "on" requires it, "off" never
+    mmap: bool = False
+    verify: Literal["fast", "full"] = "fast"
+    gpu: Literal["auto", "on", "off"] = "auto"
 
     def max_search_bytes(self, dim: int) -> int:
         """Bytes a /v1/search body may have, checked before it is parsed: `max_vectors` vectors

@@ -4,19 +4,23 @@ writes and reloads.
 - Searches hold the read side of a readers-writer lock (`lock`) for one FAISS or metadata call.
 - Admin writes (add, delete) and reloads are writers of the index directory. They run one at a
   time, in arrival order, on the state's writer thread (`write`), and each holds `writer`
-  from start to end: a write changes the index being served at that moment and commits it
-  before the next writer starts, and a reload reads the directory only after every
-  acknowledged write has been committed to it, so it never swaps in an index without them.
-- A write changes the index in memory under the write side of `lock` (searches wait for it);
-  a reload loads the new index holding only `writer`, so searches go on meanwhile, and takes
-  the write side of `lock` just to swap the reference: searches in flight finish on the old
-  object.
+  from start to end: a write logs its change (the index's write-ahead log, fsynced) before the
+  next writer starts, and a reload reads the directory (and replays its log) only after every
+  acknowledged write has been logged, so it never swaps in an index without them.
+- A write changes the index in memory under the write side of `lock` (searches wait for it,
+  for an in-memory add or remove; never for an fsync); a reload loads the new index holding
+  only `writer`, so searches go on meanwhile, and takes the write side of `lock` just to swap
+  the reference: searches in flight finish on the old object.
+- A compaction (`compact_in_background`) holds `writer` to freeze the changes and rotate the
+  log, writes the new generation holding no lock, then holds `writer` and the write side of
+  `lock` a moment to read the new metadata file: searches never wait for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 T = TypeVar("T")
+log = logging.getLogger("coins.serve")
 
 
 class QueryEmbedder(Protocol):
@@ -44,10 +49,22 @@ class QueryEmbedder(Protocol):
     def embed_images(self, images: Sequence[Image.Image]) -> Any: ...
 
 
+class ChangeLog(Protocol):
+    """What the server needs of `coins.serve.index.live.LiveLog`: check a change and make it
+    durable (the caller applies it after)."""
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: list[dict[str, Any]]) -> None: ...
+    def remove(self, ids: np.ndarray) -> None: ...
+    def needs_compaction(self, max_records: int, max_bytes: int) -> bool: ...
+
+
 class Index(Protocol):
     """What the server needs of `coins.serve.index.store.SearchIndex`."""
 
     manifest: Any
+
+    @property
+    def log(self) -> ChangeLog | None: ...  # None: changes stay in memory
 
     @property
     def dim(self) -> int: ...
@@ -62,7 +79,6 @@ class Index(Protocol):
     def ids_where(self, coarse: Any = None, fine: Any = None) -> np.ndarray: ...
     def add(self, ids: np.ndarray, vectors: np.ndarray, rows: list[dict[str, Any]]) -> Any: ...
     def remove(self, ids: np.ndarray) -> Any: ...
-    def save(self) -> Any: ...
 
 
 class ReadWriteLock:
@@ -121,6 +137,7 @@ class ServiceState:
     # or a reload from start to end: one writer of the index (and its directory) at a time
     writes: ThreadPoolExecutor = field(default_factory=_writer_thread)
     version: int = 0  # bumped by every change of the index, so cached label ids expire
+    compaction: threading.Thread | None = None  # the background compaction, if one ran
     _label_ids: dict[tuple[int, str, str | int], np.ndarray] = field(default_factory=dict)
 
     def set_loaded(self, embedder: QueryEmbedder, index: Index) -> None:
@@ -141,6 +158,34 @@ class ServiceState:
         queue there in arrival order and, while they wait, hold no search-pool thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.writes, functools.partial(fn, *args))
+
+    def compact_in_background(self, index: Index) -> None:
+        """Fold `index`'s write-ahead log into a new generation in a thread, unless one is
+        running already (`coins.serve.index.live.begin_compaction`)."""
+        if self.compaction is not None and self.compaction.is_alive():
+            return
+        self.compaction = threading.Thread(
+            target=self._compact, args=(index,), name="coins-compact", daemon=True
+        )
+        self.compaction.start()
+
+    def _compact(self, index: Index) -> None:
+        from coins.serve.index.live import begin_compaction
+
+        try:
+            with self.writer:
+                if self.index is not index:
+                    return  # reloaded meanwhile
+                job = begin_compaction(index)  # type: ignore[arg-type]
+            if job is None:
+                return
+            job.commit()  # no lock: searches and admin writes go on
+            with self.writer, self.lock.write():
+                if self.index is index:
+                    job.finish()
+            log.info("compacted the log into generation %d", job.generation)
+        except Exception:  # the log still holds every change: a later compaction retries
+            log.exception("compaction failed; the write-ahead log keeps every change")
 
     def changed(self) -> None:
         """Call under the write lock after the index changed."""

@@ -60,6 +60,18 @@ class MetadataStore:
         shutil.copyfile(self.path, path)
         return MetadataStore(path)
 
+    def write_to(self, path: Path) -> MetadataStore:
+        """A copy at `path`, opened for writing, read through the open connection (SQLite's
+        backup): the file may be gone already, replaced by a commit of a later generation."""
+        self._db.commit()
+        Path(path).unlink(missing_ok=True)
+        out = sqlite3.connect(path)
+        try:
+            self._db.backup(out)
+        finally:
+            out.close()
+        return MetadataStore(path)
+
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 

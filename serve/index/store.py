@@ -33,6 +33,8 @@ import faiss
 import numpy as np
 
 from coins.retrieval.atomic import atomic_path
+from coins.serve.index.delta import MetadataDelta
+from coins.serve.index.live import LiveLog, replay
 from coins.serve.index.manifest import (
     MANIFEST_NAME,
     FileRecord,
@@ -43,6 +45,7 @@ from coins.serve.index.manifest import (
 )
 from coins.serve.index.metadata import MetadataError, MetadataStore
 from coins.serve.index.tuning import HNSW_EF_MAX, hnsw_of, inner_index, ivf_of, set_knob
+from coins.serve.index.wal import log_generations, log_path
 
 __all__ = [
     "IndexLoadError",
@@ -93,13 +96,14 @@ def result_rows(
 
 
 class SearchIndex:
-    """A loaded index directory. Changes (`add`, `remove`) stay in memory and in the next
-    generation's metadata file until `save` commits them."""
+    """A loaded index directory. Changes (`add`, `remove`) stay in memory (a metadata delta
+    over the generation's file) until `save` commits them; `log` makes them durable before
+    (live.py: the write-ahead log, replayed by `load`)."""
 
     def __init__(
         self,
         index: faiss.Index,
-        store: MetadataStore,
+        store: MetadataStore | MetadataDelta,
         manifest: IndexManifest,
         index_dir: Path,
         read_only: str | None = None,
@@ -111,7 +115,8 @@ class SearchIndex:
         self.gpu_index: faiss.Index | None = None  # a GPU copy for unfiltered searches
         self._lists: Path | None = None  # on-disk inverted lists written by `commit_new`
         self._store = store
-        self._dirty = False  # changes not yet saved; then _store is the next generation's file
+        self._dirty = False  # changes not yet saved (in a MetadataDelta, or a new file)
+        self.log: LiveLog | None = None  # the write-ahead log, attached by `load`
 
     # ---- loading ----------------------------------------------------------------------
 
@@ -138,7 +143,7 @@ class SearchIndex:
             paths[role] = index_dir / record.name
             record.check(paths[role], role, verify)
         on_disk = "lists" in paths
-        index = _read_faiss(paths["index"], mmap, on_disk)
+        index = _read_faiss(paths["index"], mmap, on_disk, ivf="IVF" in manifest.index_key)
         _check_faiss(index, manifest, paths["index"])
         try:
             store = MetadataStore(paths["metadata"])
@@ -158,6 +163,7 @@ class SearchIndex:
         elif mmap:
             read_only = "it is memory-mapped (loaded with mmap); load it without mmap to change it"
         out = cls(index, store, manifest, index_dir, read_only)
+        replay(out)  # changes logged since this generation, and attach its log
         if model_sha256 is not None:
             out.check_model(model_sha256, manifest.dim)
         return out
@@ -321,8 +327,9 @@ class SearchIndex:
         return removed
 
     def save(self) -> None:
-        """Commit: write the next generation's files, then its manifest, then drop the old."""
-        generation = self.manifest.generation + 1
+        """Commit: write the next generation's files, then its manifest, then drop the old
+        (and the logs it includes: it follows every log replayed or written)."""
+        generation = max(self.manifest.generation, self.log.wal.generation if self.log else 0) + 1
         index_path = self.index_dir / _file_name("index", generation)
         with atomic_path(index_path) as tmp:
             faiss.write_index(self.index, str(tmp))
@@ -330,6 +337,8 @@ class SearchIndex:
         files = {"index": FileRecord.of(index_path)}
         if self._lists is not None:
             files["lists"] = FileRecord.of(self._lists)
+        if isinstance(self._store, MetadataDelta):  # the base with the changes, as a new file
+            self._store = self._store.write_to(self.index_dir / _file_name("metadata", generation))
         if self._dirty:
             self._store.close()  # flush and release, then hash what is on disk
             _fsync(self._store.path)
@@ -343,6 +352,8 @@ class SearchIndex:
         self.manifest.updated = now_utc()
         self.manifest.save(self.index_dir)
         self._dirty = False
+        if self.log is not None:
+            self.log.wal.committed(generation)
         _remove_unreferenced(self.index_dir, self.manifest)
 
     # ---- internals --------------------------------------------------------------------
@@ -353,13 +364,11 @@ class SearchIndex:
                 f"cannot {change} items: the index is read-only, as {self.read_only}"
             )
 
-    def _writable(self) -> MetadataStore:
-        """The metadata store of the next generation (a copy, made on the first change)."""
+    def _writable(self) -> MetadataStore | MetadataDelta:
+        """Where changes go: a delta over the generation's file (made on the first change;
+        `save` writes the next file), or the new file of `commit_new`."""
         if not self._dirty:
-            path = self.index_dir / _file_name("metadata", self.manifest.generation + 1)
-            old = self._store
-            self._store = old.copy_to(path)
-            old.close()
+            self._store = MetadataDelta(self._store)
             self._dirty = True
         return self._store
 
@@ -491,12 +500,15 @@ def lists_path(index_dir: str | Path, generation: int) -> Path:
     return Path(index_dir) / _file_name("lists", generation)
 
 
-def _read_faiss(path: Path, mmap: bool = False, on_disk: bool = False) -> faiss.Index:
-    """Read a FAISS file; `mmap` maps IVF lists and Flat codes instead of reading them, and
-    on-disk lists are found beside the file (not at the path they were written to)."""
+def _read_faiss(
+    path: Path, mmap: bool = False, on_disk: bool = False, ivf: bool = False
+) -> faiss.Index:
+    """Read a FAISS file; `mmap` maps IVF lists (IO_FLAG_MMAP) or else Flat codes
+    (IO_FLAG_MMAP_IFC; FAISS takes one or the other, not both), and on-disk lists are found
+    beside the file (not at the path they were written to)."""
     flags = 0
-    if mmap:
-        flags |= faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+    if mmap and not on_disk:  # on-disk lists are mapped already; FAISS 1.15 crashes on both
+        flags |= faiss.IO_FLAG_MMAP if ivf else faiss.IO_FLAG_MMAP_IFC
     if on_disk:
         flags |= faiss.IO_FLAG_ONDISK_SAME_DIR
     try:
@@ -532,7 +544,7 @@ def _last_generation(index_dir: Path) -> int:
     # no manifest, or an unreadable one being overwritten: the file names suffice
     with contextlib.suppress(IndexLoadError):
         found.append(IndexManifest.load(index_dir).generation)
-    return max(found, default=0)
+    return max(found + log_generations(index_dir), default=0)
 
 
 def _remove_unreferenced(index_dir: Path, manifest: IndexManifest) -> None:
@@ -543,8 +555,13 @@ def _remove_unreferenced(index_dir: Path, manifest: IndexManifest) -> None:
     committed generation: the save that wrote it committed, or was killed. Files of later
     generations are kept, as another process's save may be writing them now; the save that
     commits their generation deletes them. A manifest's temporary file names no generation: it
-    goes once it is STALE_TMP_SECONDS old (a manifest is written in milliseconds).
+    goes once it is STALE_TMP_SECONDS old (a manifest is written in milliseconds). The
+    write-ahead log of generation G (live.py) is dead once a later generation is committed:
+    that commit holds all of its changes.
     """
+    for generation in log_generations(index_dir):
+        if generation < manifest.generation:
+            log_path(index_dir, generation).unlink(missing_ok=True)
     keep = {record.name for record in manifest.files.values()}
     for path in index_dir.iterdir():
         if m := _GENERATION_FILE.match(path.name) or _GENERATION_TMP.match(path.name):

@@ -43,8 +43,9 @@ from coins.serve.index.tuning import ivf_of, tune, without
 TUNE_QUERIES = 1000  # held-out queries for tuning
 TUNE_K = 10  # tuning targets 10-recall@10
 ADD_BLOCK = 65536  # vectors per add_with_ids call
-BLOCK_VECTORS = 2**20  # vectors per block index of an on-disk build
+BLOCK_VECTORS = 2**18  # vectors per block index of an on-disk build (128 MiB at d = 128)
 
+GT_BLOCK = 16384  # database rows per exact-search block of the tuning ground truth
 _faiss: Any = faiss  # the bundled stubs lack DirectMap
 
 
@@ -236,6 +237,13 @@ class _TopK:
         self.ids = np.empty((len(xq), 0), dtype=np.int64)
 
     def update(self, xb: np.ndarray, ids: np.ndarray, keep: np.ndarray) -> None:
+        """Merge in the rows of xb [n, D] (ids [n]) where `keep`, GT_BLOCK rows at a time: the
+        scores of a block are [nq, GT_BLOCK] (64 MiB for 1,000 queries), not [nq, n]."""
+        for s in range(0, len(xb), GT_BLOCK):
+            part = slice(s, s + GT_BLOCK)
+            self._update(xb[part], ids[part], keep[part])
+
+    def _update(self, xb: np.ndarray, ids: np.ndarray, keep: np.ndarray) -> None:
         if not len(self.xq) or self.k < 1 or not keep.any():
             return
         D, I = nearest(self.xq, xb, self.k, allowed=keep)  # noqa: E741 (FAISS's names)

@@ -65,7 +65,7 @@ class FakeIndex:
         self.vectors = {int(i): v for i, v in zip(ids, xb, strict=True)}
         self.rows = {int(r["id"]): dict(r) for r in rows}
         self.manifest: dict[str, Any] = {"dim": self.dim, "index_key": "fake", "source": {}}
-        self.saves = 0
+        self.log = FakeLog()
 
     @property
     def ntotal(self) -> int:
@@ -114,8 +114,21 @@ class FakeIndex:
             self.rows.pop(int(i), None)
         return len(ids)
 
-    def save(self) -> None:
-        self.saves += 1
+
+class FakeLog:
+    """Counts the changes an admin route logs before applying them."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, rows: list[dict[str, Any]]) -> None:
+        self.records += 1
+
+    def remove(self, ids: np.ndarray) -> None:
+        self.records += 1
+
+    def needs_compaction(self, max_records: int, max_bytes: int) -> bool:
+        return False
 
 
 def colour_image(i: int, size: int = 12) -> Image.Image:

@@ -89,10 +89,9 @@ def fuzz_settings(index_dir: Path, model: Path | None = None) -> ServeSettings:
 
 def served_document(document: dict[str, Any], dim: int, ids: Sequence[int]) -> dict[str, Any]:
     """A copy of the app's OpenAPI document where a search is by vectors or by ids (exactly
-    one, not empty), vectors have the index's `dim` numbers of a size whose float32 norm does not
-    overflow, an item added by vector has one,
-    item ids are stored ones (`ids`) or a few absent ones, uploaded parts are images and the
-    JSON form fields hold JSON; with the links of `LINKS`."""
+    one, not empty); vectors have the index's `dim` numbers, none so large that the float32 norm
+    overflows; an item added by vector has one; item ids are stored ones (`ids`) or a few absent
+    ones; uploaded parts are images; the JSON form fields hold JSON. With the links of `LINKS`."""
     document = copy.deepcopy(document)
     schemas = document["components"]["schemas"]
     for name in ("SearchRequest", "NewItem"):

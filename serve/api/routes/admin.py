@@ -1,9 +1,14 @@
 """Admin routes (API key required): add and delete items, reload a rebuilt index.
 
 Adds, deletes and reloads run one at a time on the state's writer thread (`ServiceState.write`),
-each holding its writer lock: a write changes (and saves) the index served at that moment, and a
-reload never overlaps one. See serve/api/state.py for the order of searches, writes and swaps.
+each holding its writer lock: a write changes the index served at that moment, and a reload
+never overlaps one. See serve/api/state.py for the order of searches, writes and swaps.
 An item's image `path` must lie inside a gallery folder of the index (`ImageFolders`).
+
+With `persist` on, a change is checked, appended to the index's write-ahead log and fsynced
+(serve/index/live.py) before it is applied in memory and acknowledged: no index file is
+rewritten, and a crash after the 200 loses nothing. A log past `compact_after_records` or
+`compact_after_bytes` is folded into a new generation in the background.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from coins.serve.api.schemas import (
     IndexSummary,
     ItemsChanged,
     NewItem,
+    error_responses,
 )
 from coins.serve.api.search import normalise
 from coins.serve.api.settings import ServeSettings
@@ -40,7 +46,12 @@ from coins.serve.api.state import Index, ServiceState
 from coins.serve.api.thumbnails import ImageFolders
 from coins.serve.api.uploads import ImagesForm, embed_uploads, read_images
 
-router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[AdminDep])
+router = APIRouter(
+    prefix="/v1",
+    tags=["admin"],
+    dependencies=[AdminDep],
+    responses=error_responses(401, 404, 408, 409, 413, 415, 422, 503),
+)
 
 _ITEMS = TypeAdapter(list[NewItem])
 
@@ -75,18 +86,26 @@ def _add(state: ServiceState, settings: ServeSettings, items: list[NewItem], xb:
     with state.writer:
         _, index = loaded(state)  # the index served now: a reload cannot swap it meanwhile
         _check_paths(items, index, settings)
-        with state.lock.write():
-            taken = [int(i) for i, m in zip(ids, index.metadata(ids), strict=True) if m is not None]
-            if taken:
-                raise ApiError(409, f"ids already in the index: {taken[:20]}")
-            try:
+        taken = [int(i) for i, m in zip(ids, index.metadata(ids), strict=True) if m is not None]
+        if taken:
+            raise ApiError(409, f"ids already in the index: {taken[:20]}")
+        try:
+            if settings.persist and index.log is not None:
+                index.log.add(ids, xb, rows)  # checked, then durable: before it is visible
+            with state.lock.write():
                 index.add(ids, xb, rows)
-            except ValueError as err:  # IndexUpdateError: what the index refuses to store
-                raise ApiError(422, f"cannot add these items: {err}") from err
-            state.changed()
-            if settings.persist:
-                index.save()
-            return index.ntotal
+                state.changed()
+        except ValueError as err:  # IndexUpdateError: what the index refuses to store
+            raise ApiError(422, f"cannot add these items: {err}") from err
+        _compact_if_due(state, settings, index)
+        return index.ntotal
+
+
+def _compact_if_due(state: ServiceState, settings: ServeSettings, index: Index) -> None:
+    log = index.log
+    due = settings.compact_after_records, settings.compact_after_bytes
+    if settings.persist and log is not None and log.needs_compaction(*due):
+        state.compact_in_background(index)
 
 
 def _check_paths(items: list[NewItem], index: Index, settings: ServeSettings) -> None:
@@ -149,21 +168,20 @@ def _remove(state: ServiceState, settings: ServeSettings, ids: list[int]) -> Ite
     xid = np.unique(np.asarray(ids, dtype=np.int64))
     with state.writer:
         _, index = loaded(state)  # the index served now: a reload cannot swap it meanwhile
-        with state.lock.write():
-            found = index.metadata(xid)
-            present = np.asarray(
-                [i for i, m in zip(xid, found, strict=True) if m is not None], np.int64
-            )
-            missing = [int(i) for i, m in zip(xid, found, strict=True) if m is None]
-            if present.size:
-                try:
+        found = index.metadata(xid)  # no other writer: it stays true until the change below
+        missing = [int(i) for i, m in zip(xid, found, strict=True) if m is None]
+        present = np.setdiff1d(xid, np.asarray(missing, dtype=np.int64))
+        if present.size:
+            try:
+                if settings.persist and index.log is not None:
+                    index.log.remove(present)  # checked, then durable: before it is visible
+                with state.lock.write():
                     index.remove(present)
-                except (NotImplementedError, RuntimeError, ValueError) as err:
-                    raise ApiError(409, f"cannot delete from this index: {err}") from err
-                state.changed()
-                if settings.persist:
-                    index.save()
-            return ItemsChanged(removed=int(present.size), missing=missing, ntotal=index.ntotal)
+                    state.changed()
+            except (NotImplementedError, RuntimeError, ValueError) as err:
+                raise ApiError(409, f"cannot delete from this index: {err}") from err
+            _compact_if_due(state, settings, index)
+        return ItemsChanged(removed=int(present.size), missing=missing, ntotal=index.ntotal)
 
 
 @router.delete(

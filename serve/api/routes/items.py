@@ -10,12 +10,12 @@ from fastapi.responses import Response
 
 from coins.serve.api.deps import ReadyDep, in_pool, loaded
 from coins.serve.api.errors import ApiError
-from coins.serve.api.schemas import ItemMetadata, ItemsPage
+from coins.serve.api.schemas import ItemMetadata, ItemsPage, error_responses
 from coins.serve.api.search import item_metadata
 from coins.serve.api.state import ServiceState
 from coins.serve.api.thumbnails import Thumbnails
 
-router = APIRouter(prefix="/v1/items", tags=["items"])
+router = APIRouter(prefix="/v1/items", tags=["items"], responses=error_responses(404, 422, 503))
 
 ItemId = Annotated[int, Path(ge=-(2**63), le=2**63 - 1, description="A stored item id.")]
 

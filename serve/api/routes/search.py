@@ -22,6 +22,7 @@ from coins.serve.api.schemas import (
     QueryResult,
     SearchRequest,
     SearchResponse,
+    error_responses,
 )
 from coins.serve.api.search import (
     allowed_ids,
@@ -35,7 +36,9 @@ from coins.serve.api.settings import ServeSettings
 from coins.serve.api.state import ServiceState
 from coins.serve.api.uploads import ImagesForm, Payload, embed_uploads, read_images
 
-router = APIRouter(prefix="/v1", tags=["search"])
+router = APIRouter(
+    prefix="/v1", tags=["search"], responses=error_responses(404, 408, 413, 415, 422, 503)
+)
 
 COARSE_SHOWN = 3  # predicted coarse classes returned per image query
 _FILTER = TypeAdapter(Filter)

@@ -223,8 +223,8 @@ def test_bad_build_inputs(tmp_path) -> None:
 def test_auto_choice_follows_size_and_memory() -> None:
     assert choose_index("auto", 1000, 128).key == "IDMap2,Flat"
     assert choose_index("auto", 10**6, 128, max_memory=2**30).key == "IVF4096,Flat"
-    assert choose_index("auto", 10**6, 128, max_memory=2**26).key == "IVF4096,PQ32x8"
-    assert choose_index("auto", 10**8, 128, max_memory=2**31).key == "IVF32768,PQ8x8"
+    assert choose_index("auto", 10**6, 128, max_memory=2**26).key == "OPQ32_128,IVF4096,PQ32x8"
+    assert choose_index("auto", 10**8, 128, max_memory=2**31).key == "OPQ8_128,IVF32768,PQ8x8"
     with pytest.raises(IndexChoiceError):
         choose_index("auto", 10**9, 128, max_memory=2**30)
     assert nlist_for(500) == 8  # at least 39 training points per list

@@ -1,0 +1,152 @@
+"""`coins embed` at scale: 1 vs 2 processes, peak memory per process, two simulated nodes.
+
+On a gallery of generated 224-px JPEG photos (benchmarks/make_photos.py), with a small model
+(timm mobilenetv3_small_050 at 224 px, one training step: the speed, not the accuracy, matters):
+
+1. `coins embed` with 1 process, then `--nproc 2`: images/s of each, their ratio, and the max
+   abs difference of the vectors (same items, same order expected);
+2. 1 process with 1 ONNX Runtime thread and no loader worker: the single-core bound;
+3. peak RSS per process (each rank's own, from /proc/self/status VmHWM via the job's log) at
+   COUNT/4 and COUNT photos: a flat figure means memory is bounded by a chunk;
+4. two node ranks on this host (`torchrun --nnodes 2 --node_rank 0/1 --rdzv-backend c10d
+   --rdzv-endpoint 127.0.0.1:PORT`, both started here) into one folder: its items and vectors
+   equal the single-process ones.
+
+    .venv/bin/python benchmarks/bench_embed.py --photos /tmp/photos --count 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from coins.retrieval.shards import open_embeddings
+
+PY = sys.executable
+
+
+def ensure_photos(folder: Path, count: int) -> Path:
+    if not (folder / "manifest.csv").exists():
+        script = Path(__file__).with_name("make_photos.py")
+        subprocess.run([PY, str(script), "--out", str(folder), "--count", str(count)], check=True)
+    return folder
+
+
+def ensure_model(photos: Path, work: Path) -> Path:
+    """A small 224-px model: one training step of mobilenetv3_small_050, exported."""
+    onnx = work / "model.onnx"
+    if onnx.exists():
+        return onnx
+    from coins.retrieval.onnx.export import export_checkpoint
+    from coins.train import load_config, train
+
+    cfg = load_config(
+        preset="rgb-224", dataset="csv", dataset_options={"root": str(photos)}, max_steps=1,
+        model={"backbone": "mobilenetv3_small_050", "head_hidden": 64, "head_dim": 32},
+        batch_size=8, num_workers=0, epochs=1, amp=False,
+    )  # fmt: skip
+    train(cfg, work / "run", progress=False)
+    export_checkpoint(work / "run/checkpoint.pt", onnx)
+    return onnx
+
+
+def embed(model: Path, manifest: Path, out: Path, extra: list[str], env=None) -> float:
+    """Run `coins embed`; wall seconds."""
+    cmd = [PY, "-m", "coins.cli", "embed", str(model), "--manifest", str(manifest), "-o", str(out)]
+    start = time.perf_counter()
+    subprocess.run([*cmd, *extra], check=True, env=env, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def read(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    found = open_embeddings(out)
+    chunks = list(found.chunks())
+    return np.concatenate([c.ids for c in chunks]), np.concatenate([c.vectors for c in chunks])
+
+
+def peak_rss_mib(model: Path, manifest: Path, out: Path, extra: list[str]) -> float:
+    """Peak RSS of one `coins embed` process (its children, the loader workers, apart)."""
+    code = (
+        "import resource, sys; from coins.cli import app; sys.argv = ['coins', *sys.argv[1:]]\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    )
+    cmd = [PY, "-c", code, "embed", str(model), "--manifest", str(manifest), "-o", str(out)]
+    err = subprocess.run([*cmd, *extra], check=True, capture_output=True, text=True).stderr
+    kib = int(next(line for line in err.splitlines() if line.startswith("RSS")).split()[1])
+    return kib / 1024
+
+
+def subset_manifest(photos: Path, count: int, work: Path) -> Path:
+    lines = (photos / "manifest.csv").read_text().splitlines()
+    path = work / f"manifest-{count}.csv"
+    header, rows = lines[0], lines[1 : count + 1]
+    rows = [r.replace(r.split(",")[0], str(photos / r.split(",")[0]), 1) for r in rows]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def two_nodes(model: Path, manifest: Path, out: Path, port: int) -> float:
+    base = [PY, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]  # fmt: skip
+    job = ["-m", "coins.cli", "embed", str(model), "--manifest", str(manifest), "-o", str(out)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen([*base, "--node_rank", str(r), *job], stderr=subprocess.DEVNULL)
+        for r in (0, 1)
+    ]
+    assert all(p.wait() == 0 for p in procs), "a node failed"
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--photos", type=Path, default=Path("/tmp/photos"))
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-embed"))
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--port", type=int, default=29533)
+    args = parser.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    photos = ensure_photos(args.photos, args.count)
+    model = ensure_model(photos, work)
+    full = subset_manifest(photos, args.count, work)
+    chunk = ["--chunk-size", str(args.chunk_size)]
+    res: dict[str, float] = {"cores": float(os.cpu_count() or 1)}
+    res["load_before"] = os.getloadavg()[0]
+    t1 = embed(model, full, work / f"one-{time.time_ns()}", chunk)
+    t1t1 = embed(model, full, work / f"one-t1-{time.time_ns()}", [*chunk, "--threads", "1",
+                                                                     "--workers", "0"])  # fmt: skip
+    out2 = work / f"two-{time.time_ns()}"
+    t2 = embed(model, full, out2, [*chunk, "--nproc", "2"])
+    out1 = work / f"ref-{time.time_ns()}"
+    embed(model, full, out1, chunk)
+    (ids1, x1), (ids2, x2) = read(out1), read(out2)
+    assert (ids1 == ids2).all()
+    res |= {"ips_1proc": args.count / t1, "ips_1proc_1thread": args.count / t1t1,
+            "ips_2proc": args.count / t2, "ratio_2_over_1": t1 / t2,
+            "max_abs_diff_2proc": float(np.abs(x1 - x2).max())}  # fmt: skip
+    quarter = subset_manifest(photos, args.count // 4, work)
+    res["rss_mib_quarter"] = peak_rss_mib(model, quarter, work / f"q-{time.time_ns()}", chunk)
+    res["rss_mib_full"] = peak_rss_mib(model, full, work / f"f-{time.time_ns()}", chunk)
+    nodes = work / f"nodes-{time.time_ns()}"
+    res["ips_two_nodes"] = args.count / two_nodes(model, full, nodes, args.port)
+    ids_n, x_n = read(nodes)
+    res["nodes_same_ids"] = float((ids_n == ids1).all())
+    res["nodes_max_abs_diff"] = float(np.abs(x_n - x1).max())
+    res["load_after"] = os.getloadavg()[0]
+    res["self_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"count": args.count, **res}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
