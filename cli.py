@@ -564,7 +564,8 @@ def index_compact_cmd(
     index_dir: Path = typer.Argument(..., help="Index directory (no server writing to it)."),
     verify: str = typer.Option("fast", help="Index check: fast (sizes) or full (sha256)."),
 ) -> None:
-    """Fold the write-ahead log of admin adds and deletes into a new generation."""
+    """Fold the write-ahead log of admin adds and deletes into a new generation. Holds the
+    directory's writer lock: refused, naming its pid, while a server with admin routes runs."""
     from coins.serve.index.live import compact
 
     r = compact(index_dir, verify=_verify(verify))
@@ -596,7 +597,8 @@ def index_restore_cmd(
     index_dir: Path = typer.Argument(..., help="Index directory to restore into."),
     force: bool = typer.Option(False, help="Replace the index already in INDEX_DIR."),
 ) -> None:
-    """Restore a snapshot (checksums verified) and check that the index loads."""
+    """Restore a snapshot (checksums verified) and check that the index loads. Refused while
+    a server with admin routes writes to INDEX_DIR (its writer lock)."""
     from coins.serve.index.snapshot import restore
 
     r = restore(snapshot_dir, index_dir, force=force)

@@ -5,8 +5,8 @@ On a gallery of generated 224-px JPEG photos (benchmarks/make_photos.py), with a
 
 1. `coins embed` with 1 process, then `--nproc 2`: images/s of each, their ratio, and the max
    abs difference of the vectors (same items, same order expected);
-2. 1 process with 1 ONNX Runtime thread and no loader worker: the single-core bound;
-3. peak RSS per process (each rank's own, from /proc/self/status VmHWM via the job's log) at
+2. 1 process with 1 ONNX Runtime thread and no loader worker (on COUNT/4): the one-core bound;
+3. peak RSS per process (each rank's own getrusage maxrss, from the job's log) at
    COUNT/4 and COUNT photos: a flat figure means memory is bounded by a chunk;
 4. two node ranks on this host (`torchrun --nnodes 2 --node_rank 0/1 --rdzv-backend c10d
    --rdzv-endpoint 127.0.0.1:PORT`, both started here) into one folder: its items and vectors
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import re
 import subprocess
 import sys
 import time
@@ -58,12 +58,17 @@ def ensure_model(photos: Path, work: Path) -> Path:
     return onnx
 
 
-def embed(model: Path, manifest: Path, out: Path, extra: list[str], env=None) -> float:
-    """Run `coins embed`; wall seconds."""
+def embed(model: Path, manifest: Path, out: Path, extra: list[str]) -> tuple[float, list[float]]:
+    """Run `coins embed`; wall seconds and each process's peak RSS in MiB (from its log)."""
     cmd = [PY, "-m", "coins.cli", "embed", str(model), "--manifest", str(manifest), "-o", str(out)]
     start = time.perf_counter()
-    subprocess.run([*cmd, *extra], check=True, env=env, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run([*cmd, *extra], check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, peaks(done.stderr)
+
+
+def peaks(log: str) -> list[float]:
+    """The `peak RSS N MiB` of each rank's log (the loader workers, other processes, apart)."""
+    return [float(m) for m in re.findall(r"peak RSS (\d+) MiB", log)]
 
 
 def read(out: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -72,17 +77,14 @@ def read(out: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([c.ids for c in chunks]), np.concatenate([c.vectors for c in chunks])
 
 
-def peak_rss_mib(model: Path, manifest: Path, out: Path, extra: list[str]) -> float:
-    """Peak RSS of one `coins embed` process (its children, the loader workers, apart)."""
-    code = (
-        "import resource, sys; from coins.cli import app; sys.argv = ['coins', *sys.argv[1:]]\n"
-        "try:\n    app()\nexcept SystemExit:\n    pass\n"
-        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
-    )
-    cmd = [PY, "-c", code, "embed", str(model), "--manifest", str(manifest), "-o", str(out)]
-    err = subprocess.run([*cmd, *extra], check=True, capture_output=True, text=True).stderr
-    kib = int(next(line for line in err.splitlines() if line.startswith("RSS")).split()[1])
-    return kib / 1024
+def wait_for_load(below: float, minutes: float) -> float:
+    """Poll the 1-minute load average every 60 s until it is below `below` (at most `minutes`);
+    the load when timing starts."""
+    deadline = time.monotonic() + 60 * minutes
+    while os.getloadavg()[0] >= below and time.monotonic() < deadline:
+        print(f"load {os.getloadavg()[0]:.2f} >= {below}: waiting", file=sys.stderr, flush=True)
+        time.sleep(60)
+    return os.getloadavg()[0]
 
 
 def subset_manifest(photos: Path, count: int, work: Path) -> Path:
@@ -94,13 +96,13 @@ def subset_manifest(photos: Path, count: int, work: Path) -> Path:
     return path
 
 
-def two_nodes(model: Path, manifest: Path, out: Path, port: int) -> float:
+def two_nodes(model: Path, manifest: Path, out: Path, extra: list[str], port: int) -> float:
     base = [PY, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]  # fmt: skip
     job = ["-m", "coins.cli", "embed", str(model), "--manifest", str(manifest), "-o", str(out)]
     start = time.perf_counter()
     procs = [
-        subprocess.Popen([*base, "--node_rank", str(r), *job], stderr=subprocess.DEVNULL)
+        subprocess.Popen([*base, "--node_rank", str(r), *job, *extra], stderr=subprocess.DEVNULL)
         for r in (0, 1)
     ]
     assert all(p.wait() == 0 for p in procs), "a node failed"
@@ -114,38 +116,44 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-embed"))
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--port", type=int, default=29533)
+    parser.add_argument("--wait-load", type=float, default=0.0, help="minutes to wait for load<3")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     photos = ensure_photos(args.photos, args.count)
     model = ensure_model(photos, work)
     full = subset_manifest(photos, args.count, work)
+    quarter = subset_manifest(photos, args.count // 4, work)
     chunk = ["--chunk-size", str(args.chunk_size)]
-    res: dict[str, float] = {"cores": float(os.cpu_count() or 1)}
-    res["load_before"] = os.getloadavg()[0]
-    t1 = embed(model, full, work / f"one-{time.time_ns()}", chunk)
-    t1t1 = embed(model, full, work / f"one-t1-{time.time_ns()}", [*chunk, "--threads", "1",
-                                                                     "--workers", "0"])  # fmt: skip
-    out2 = work / f"two-{time.time_ns()}"
-    t2 = embed(model, full, out2, [*chunk, "--nproc", "2"])
-    out1 = work / f"ref-{time.time_ns()}"
-    embed(model, full, out1, chunk)
+    res: dict[str, object] = {"count": args.count, "cores": os.cpu_count()}
+    res["load_before"] = wait_for_load(3.0, args.wait_load)
+
+    def run(name: str, manifest: Path, extra: list[str]) -> tuple[Path, float, list[float]]:
+        out = work / f"{name}-{time.time_ns()}"
+        seconds, rss = embed(model, manifest, out, [*chunk, *extra])
+        print(f"{name}: {seconds:.1f} s, peak RSS {rss} MiB", file=sys.stderr, flush=True)
+        return out, seconds, rss
+
+    out1, t1, rss1 = run("one", full, [])
+    out2, t2, rss2 = run("two", full, ["--nproc", "2"])
+    _, t1c, _ = run("one-core", quarter, ["--threads", "1", "--workers", "0"])
+    _, _, rss1q = run("one-quarter", quarter, [])
+    _, _, rss2q = run("two-quarter", quarter, ["--nproc", "2"])
     (ids1, x1), (ids2, x2) = read(out1), read(out2)
     assert (ids1 == ids2).all()
-    res |= {"ips_1proc": args.count / t1, "ips_1proc_1thread": args.count / t1t1,
-            "ips_2proc": args.count / t2, "ratio_2_over_1": t1 / t2,
-            "max_abs_diff_2proc": float(np.abs(x1 - x2).max())}  # fmt: skip
-    quarter = subset_manifest(photos, args.count // 4, work)
-    res["rss_mib_quarter"] = peak_rss_mib(model, quarter, work / f"q-{time.time_ns()}", chunk)
-    res["rss_mib_full"] = peak_rss_mib(model, full, work / f"f-{time.time_ns()}", chunk)
+    res |= {"ips_1proc": args.count / t1, "ips_2proc": args.count / t2, "ratio_2_over_1": t1 / t2,
+            "ips_1proc_1thread_0workers": args.count // 4 / t1c,
+            "max_abs_diff_2proc": float(np.abs(x1 - x2).max()),
+            f"rss_mib_1proc_{args.count // 4}": rss1q, f"rss_mib_1proc_{args.count}": rss1,
+            f"rss_mib_2proc_{args.count // 4}": rss2q, f"rss_mib_2proc_{args.count}": rss2,
+            "load_after_scaling": os.getloadavg()[0]}  # fmt: skip
     nodes = work / f"nodes-{time.time_ns()}"
-    res["ips_two_nodes"] = args.count / two_nodes(model, full, nodes, args.port)
+    res["ips_two_nodes"] = args.count / two_nodes(model, full, nodes, chunk, args.port)
     ids_n, x_n = read(nodes)
-    res["nodes_same_ids"] = float((ids_n == ids1).all())
+    res["nodes_same_ids"] = bool((ids_n == ids1).all())
     res["nodes_max_abs_diff"] = float(np.abs(x_n - x1).max())
     res["load_after"] = os.getloadavg()[0]
-    res["self_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"count": args.count, **res}, indent=1))
+    print(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

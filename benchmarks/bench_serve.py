@@ -121,7 +121,7 @@ def faiss_qps(index_dir: Path, xq: np.ndarray, batch: int, k: int, seconds: floa
 
     from coins.serve.index.store import SearchIndex
 
-    index = SearchIndex.load(index_dir, verify=False)
+    index = SearchIndex.load(index_dir)
     best = 0.0
     for threads in sorted({1, len(os.sched_getaffinity(0))}):
         faiss.omp_set_num_threads(threads)
@@ -141,7 +141,7 @@ def query_vectors(url: str, index_dir: Path | None, n: int, seed: int = 0) -> np
     if index_dir is not None:
         from coins.serve.index.store import SearchIndex
 
-        index = SearchIndex.load(index_dir, verify=False)
+        index = SearchIndex.load(index_dir)
         ids, _, _ = index.labels()
         xb = index.reconstruct(rng.choice(ids, size=min(n, len(ids)), replace=False))
         xq = xb + 0.05 * rng.standard_normal(xb.shape).astype(np.float32) / np.sqrt(xb.shape[1])

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
+from races import race
 from serve_fakes import colour_image
-from test_serve_races import race
 from train_fixtures import TINY_MODEL
 
 from coins.retrieval.models import Embedder, EmbedderConfig

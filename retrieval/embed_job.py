@@ -14,11 +14,14 @@ share nothing but the output folder, where each writes the same `embedding.json`
 
 from __future__ import annotations
 
+import gc
 import os
+import resource
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .configs import Preprocess
 from .data import DatasetError
+from .data.transforms import eval_transform
 from .gallery import Gallery, gallery_source
 from .onnx.contract import EmbedError
 from .onnx.runner import OnnxEmbedder
@@ -110,22 +115,26 @@ def embed_job(
         total=total, desc=f"embed rank {rank.rank}", unit="img", position=rank.rank,
         disable=None if progress else True, dynamic_ncols=True,
     )  # fmt: skip
-    for chunk, vectors, rows, skipped in _embedded_chunks(gallery, model, job, todo, workers):
-        write_chunk(job.out, chunk, vectors, rows, skipped, model.sha256)
-        for s in skipped:
-            log(f"skipped {s['path']}: {s['reason']}")
-        counts["embedded"] += len(rows)
-        counts["skipped"] += len(skipped)
-        bar.update(len(rows) + len(skipped))
-        if on_chunk is not None:
-            on_chunk(chunk)
-    bar.close()
+    chunks = _embedded_chunks(gallery, model, job, todo, workers)
+    with bar, closing(chunks):  # an error or a stop (on_chunk) ends the workers too
+        for chunk, vectors, rows, skipped in chunks:
+            write_chunk(job.out, chunk, vectors, rows, skipped, model.sha256)
+            for s in skipped:
+                log(f"skipped {s['path']}: {s['reason']}")
+            counts["embedded"] += len(rows)
+            counts["skipped"] += len(skipped)
+            bar.update(len(rows) + len(skipped))
+            if on_chunk is not None:
+                on_chunk(chunk)
     seconds = time.perf_counter() - start
     done = counts["embedded"] + counts["skipped"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    log(f"rank {rank.rank}/{rank.world_size}: peak RSS {peak:.0f} MiB (this process)")
     return {
         "rank": rank.rank, "world_size": rank.world_size, "provider": model.provider,
         "chunks": len(mine), "written": len(todo), "resumed": len(mine) - len(todo),
         "items": done, **counts, "seconds": seconds, "images_per_s": done / max(seconds, 1e-9),
+        "peak_rss_mib": peak,
     }  # fmt: skip
 
 
@@ -134,19 +143,23 @@ def _chunk_positions(chunk: int, chunk_size: int, n: int) -> np.ndarray:
 
 
 class _Preprocessed(Dataset):
-    """Gallery position -> (position, float32 [C, S, S] image or None, reason), in a worker."""
+    """Gallery position -> (position, float32 [C, S, S] image or None, reason), in a worker.
 
-    def __init__(self, gallery: Gallery, model: OnnxEmbedder) -> None:
-        self.gallery, self.to_array = gallery, model.to_array
+    Holds the preprocessing only, not the `OnnxEmbedder`: a worker must never own (and so
+    never free) an ONNX Runtime session, see `_started`."""
+
+    def __init__(self, gallery: Gallery, preprocess: Preprocess) -> None:
+        self.gallery, self.transform = gallery, eval_transform(preprocess)
 
     def __len__(self) -> int:
         return len(self.gallery)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            return i, self.to_array(self.gallery.image(i)), None
+            image = self.gallery.image(i)
         except DatasetError as e:  # an undecodable image names itself
             return i, None, str(e)
+        return i, self.transform(image).numpy(), None
 
 
 def _collate(
@@ -165,7 +178,9 @@ def _embedded_chunks(
     """(chunk, vectors float32 [n, D], rows [n], skipped) for each chunk of `todo`, in order.
 
     One DataLoader over all the chunks' batches (a batch never crosses a chunk), so the
-    workers keep decoding the next chunk while this one is embedded and written.
+    workers keep decoding the next chunk while this one is embedded and written. The workers
+    are stopped when this generator ends, fails (--strict) or is closed, not when the garbage
+    collector gets to the loader: a traceback kept by the caller would keep them waiting.
     """
     if job.batch_size < 1:
         raise EmbedError(f"expected batch_size >= 1, got {job.batch_size}")
@@ -176,22 +191,57 @@ def _embedded_chunks(
             batches.append(positions[s : s + job.batch_size])
             owner.append(c)
     loader = DataLoader(
-        _Preprocessed(gallery, model), batch_sampler=batches, num_workers=workers,
+        _Preprocessed(gallery, model.preprocess), batch_sampler=batches, num_workers=workers,
         collate_fn=_collate, prefetch_factor=4 if workers else None,
     )  # fmt: skip
+    loaded = _started(loader)
+    try:
+        yield from _chunks_of(loaded, owner, gallery, model, job.strict)
+    finally:
+        _stop(loaded)
+
+
+def _started(loader: DataLoader) -> Iterator[Any]:
+    """`iter(loader)`: forks the workers, with the garbage collector frozen meanwhile.
+
+    A forked worker inherits every object of this process, garbage included, and its own
+    collector would free inherited garbage (e.g. an `OnnxEmbedder` left in the traceback of an
+    earlier error, as in a test process). Freeing an ONNX Runtime session in a forked child
+    waits forever on its thread pool's condition variables (pthread_cond_destroy: the pool's
+    threads were not copied by fork): the worker hangs in a futex wait and the job with it.
+    Objects frozen at the fork are never collected by the child; this process unfreezes them.
+    """
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()
+
+
+def _stop(loaded: Iterator[Any]) -> None:
+    """Stop the loader's workers now (join, then terminate the ones that do not exit)."""
+    shutdown = getattr(loaded, "_shutdown_workers", None)  # absent without workers
+    if shutdown is not None:
+        shutdown()
+
+
+def _chunks_of(
+    loaded: Iterator[Any], owner: list[int], gallery: Gallery, model: OnnxEmbedder, strict: bool
+) -> Iterator[tuple[int, np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """The chunks of the loaded batches; batch b belongs to chunk owner[b]."""
     parts: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[dict[str, Any]] = []
-    for b, (positions, x, failed) in enumerate(loader):
+    for b, (positions, x, failed) in enumerate(loaded):
         for i, reason in failed:
             path = None if gallery.paths is None else str(gallery.paths[i])
-            if job.strict:
+            if strict:
                 raise EmbedError(f"{reason} (--strict: no image is skipped)")
             skipped.append({"id": int(gallery.ids[i]), "path": path, "reason": reason})
         if x is not None:
             parts.append(model.embed_arrays(x.numpy()).vectors)
             kept += positions
-        if b + 1 == len(batches) or owner[b + 1] != owner[b]:  # the chunk's last batch
+        if b + 1 == len(owner) or owner[b + 1] != owner[b]:  # the chunk's last batch
             vectors = np.concatenate(parts) if parts else np.zeros((0, model.dim), np.float32)
             yield owner[b], vectors, [gallery.rows[i] for i in kept], skipped
             parts, kept, skipped = [], [], []

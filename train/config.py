@@ -66,7 +66,7 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data order and augmentation
     device: str = "cpu"  # cpu or cuda (with --nproc: one GPU per process)
     amp: bool = True  # mixed precision on CUDA only
-    num_workers: int = 2  # data-loader processes
+    num_workers: int = 2  # data-loader processes; -1: one per core of this process, less one
     cache_images_mb: int = 1024  # file galleries: decoded into memory once if they fit (0: never)
     eval_every: int = 0  # epochs between test evaluations; 0: only at the end
     eval_split: str = "test"  # split of the final evaluation; val: the held-out split only
@@ -95,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.eval_split == "val" and self.val_fraction == 0:
             raise ValueError("eval_split val needs a val_fraction above 0 (the held-out share)")
+        if self.num_workers < -1:
+            raise ValueError(f"num_workers must be >= 0 (or -1: per core), got {self.num_workers}")
         if self.select_by not in ("auto", "view", "fine"):
             raise ValueError(f"select_by {self.select_by!r}: expected auto, view or fine")
 

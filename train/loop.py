@@ -7,6 +7,7 @@ next epoch reads (both encoders, queue, classifier, bank, proxies, optimiser).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,12 +62,22 @@ def _loader(data: RetrievalDataset, cfg: TrainConfig, epoch: int) -> DataLoader:
         dataset,
         batch_size=cfg.batch_size,
         sampler=sampler,
-        num_workers=cfg.num_workers,
+        num_workers=loader_workers(cfg.num_workers),
         drop_last=True,
         persistent_workers=False,
         pin_memory=torch.device(cfg.device).type == "cuda",  # faster, asynchronous copies
         generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch),
     )
+
+
+def loader_workers(num_workers: int) -> int:
+    """`num_workers`, with -1 sized to the cores: those this process may use, shared with the
+    other training processes on this machine (torchrun's LOCAL_WORLD_SIZE), less one for the
+    process itself (it runs the model)."""
+    if num_workers >= 0:
+        return num_workers
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(len(os.sched_getaffinity(0)) // local - 1, 0)
 
 
 def _prepare_files(data: RetrievalDataset, cfg: TrainConfig) -> None:

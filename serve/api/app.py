@@ -55,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not loading.done():
             await asyncio.wait([loading], timeout=5)
         app.state.pool.shutdown(wait=True, cancel_futures=True)
+        app.state.service.close()  # the index directory's writer lock
 
 
 def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> FastAPI:

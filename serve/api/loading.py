@@ -80,6 +80,8 @@ def load_all(app: FastAPI) -> None:
     metrics: ServiceMetrics = app.state.metrics
     start = time.perf_counter()
     try:
+        if settings.api_key is not None and settings.persist and not settings.mmap:
+            state.hold_directory(settings.index_dir)  # admin writes log there: one writer
         embedder = artifacts.load_model(settings)
         index = artifacts.load_index(settings, embedder.sha256)
         warm_up(embedder, index)

@@ -14,6 +14,9 @@ writes and reloads.
 - A compaction (`compact_in_background`) holds `writer` to freeze the changes and rotate the
   log, writes the new generation holding no lock, then holds `writer` and the write side of
   `lock` a moment to read the new metadata file: searches never wait for it.
+- Other processes: a server whose admin writes reach the directory holds its writer lock file
+  (`hold_directory`, serve/index/writer_lock.py) from before the load to shutdown, so a
+  `coins index compact` or a second such server fails at once, naming this one's pid.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
+
+from coins.serve.index.writer_lock import WriterLock
 
 T = TypeVar("T")
 log = logging.getLogger("coins.serve")
@@ -138,6 +144,7 @@ class ServiceState:
     writes: ThreadPoolExecutor = field(default_factory=_writer_thread)
     version: int = 0  # bumped by every change of the index, so cached label ids expire
     compaction: threading.Thread | None = None  # the background compaction, if one ran
+    directory_lock: WriterLock | None = None  # the index directory's, while admin writes log
     _label_ids: dict[tuple[int, str, str | int], np.ndarray] = field(default_factory=dict)
 
     def set_loaded(self, embedder: QueryEmbedder, index: Index) -> None:
@@ -152,6 +159,19 @@ class ServiceState:
             self.index = index
             self.loaded_at = time.time()
             self.changed()
+
+    def hold_directory(self, index_dir: Path) -> None:
+        """Take `index_dir`'s writer lock for this server's life (IndexLockedError, naming the
+        holder, if another process writes to it): call before loading, so no other writer
+        commits between the replay of the log and this server's appends to it."""
+        if self.directory_lock is None and index_dir.is_dir():  # if not, the load says so
+            self.directory_lock = WriterLock(index_dir, "coins serve").acquire()
+
+    def close(self) -> None:
+        """Release the directory's writer lock (at shutdown)."""
+        if self.directory_lock is not None:
+            self.directory_lock.release()
+            self.directory_lock = None
 
     async def write(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn` (an admin add, delete or reload) on the writer thread: admin requests

@@ -82,6 +82,7 @@ def build_index(
         model_sha256=model_sha256,
         preprocess=preprocess,
         source=source or {},
+        id_scheme=(source or {}).get("id_scheme"),
         roots=gallery_roots(source or {}, rows),
         classes=classes or class_lists(rows),
         created=now_utc(),

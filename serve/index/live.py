@@ -7,11 +7,12 @@ in memory (`SearchIndex.add`, `remove`: FAISS `add_with_ids` / `remove_ids` and 
 delta). No index file is rewritten. `SearchIndex.load` replays the logs of its generation
 (`replay`), so a kill at any moment loses no acknowledged change.
 
-Compaction folds the log into generation T: `compact` (offline, `coins index compact`) loads
-and saves; a server does it while serving (`begin_compaction`, `Compaction.commit`, `finish`):
-under the writer lock it clones the FAISS index, freezes the metadata delta and rotates the log
-to `wal-T.log`, writes T from the clone and the frozen delta with no lock held while changes go
-on into the new log, and finally swaps the new metadata file in under the search lock.
+Compaction folds the log into generation T: `compact` (offline, `coins index compact`) takes
+the directory's writer lock (writer_lock.py, held by a server with admin routes too), loads and
+saves; a server does it while serving (`begin_compaction`, `Compaction.commit`, `finish`): under
+its in-process writer lock it clones the FAISS index, freezes the metadata delta and rotates the
+log to `wal-T.log`, writes T from the clone and the frozen delta with no lock held while changes
+go on into the new log, and finally swaps the new metadata file in under the search lock.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from coins.serve.index.delta import MetadataDelta
 from coins.serve.index.manifest import IndexLoadError, Verify
 from coins.serve.index.wal import Change, WriteAheadLog, log_generations, log_path, read_log
+from coins.serve.index.writer_lock import WriterLock
 
 if TYPE_CHECKING:
     from coins.serve.index.store import SearchIndex
@@ -148,15 +150,17 @@ class CompactReport:
 
 
 def compact(index_dir: str | Path, verify: Verify = "fast") -> CompactReport:
-    """Fold the write-ahead log of an index directory into a new generation (offline: no
-    server may be writing to it meanwhile)."""
+    """Fold the write-ahead log of an index directory into a new generation, offline: holding
+    its writer lock (IndexLockedError while a server with admin routes writes to it)."""
     from coins.serve.index.store import SearchIndex
 
-    index = SearchIndex.load(index_dir, verify=verify)
-    assert index.log is not None
-    before, changes = index.manifest.generation, index.log.replayed
-    if changes or index.log.wal.generation != before:
-        index.save()
+    with WriterLock(index_dir, "coins index compact"):
+        index = SearchIndex.load(index_dir, verify=verify)
+        assert index.log is not None
+        before, changes = index.manifest.generation, index.log.replayed
+        if changes or index.log.wal.generation != before:
+            index.save()
+        index.log.wal.close()
     return CompactReport(Path(index_dir), before, index.manifest.generation, changes, index.ntotal)
 
 

@@ -9,7 +9,8 @@ the file system allows (copied otherwise); logs grow, so they are copied.
 linked; a commit that deletes them meanwhile makes the snapshot start over. Logs are read after,
 oldest first: changes are appended in order and a rotation only starts a later log, so what is
 read is a prefix of the sequence of changes on top of that generation. A record being written
-is incomplete, and left out (it was not acknowledged yet when the copy was made).
+is incomplete, and left out (it was not acknowledged yet when the copy was made). So a snapshot
+takes no writer lock; a restore takes the target's (writer_lock.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from coins.retrieval.atomic import write_json
 from coins.serve.index.manifest import MANIFEST_NAME, IndexLoadError, IndexManifest, file_sha256
 from coins.serve.index.wal import log_generations, log_path, read_log
+from coins.serve.index.writer_lock import LOCK_NAME, WriterLock
 
 SNAPSHOT_NAME = "snapshot.json"
 ATTEMPTS = 5  # tries to copy a generation that a concurrent commit keeps replacing
@@ -85,23 +87,27 @@ def _try_snapshot(index_dir: Path, out: Path) -> SnapshotReport | None:
 
 def restore(snapshot_dir: str | Path, index_dir: str | Path, force: bool = False) -> SnapshotReport:
     """Copy a snapshot into `index_dir` (which must be empty, or with `force` hold an index
-    to replace), check every checksum, and load it to prove it loads."""
+    to replace), check every checksum, and load it to prove it loads. Holds the directory's
+    writer lock: IndexLockedError while a server with admin routes writes to it."""
     from coins.serve.index.store import SearchIndex
 
     snapshot_dir, index_dir = Path(snapshot_dir), Path(index_dir)
     sums = _verified(snapshot_dir)
-    if index_dir.exists() and any(index_dir.iterdir()):
-        if not force:
-            raise FileExistsError(f"{index_dir} is not empty; pass --force to replace its index")
-        _clear_index(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
-    linked = 0
-    for name in sorted(sums, key=lambda n: n == MANIFEST_NAME):  # the manifest, the commit, last
-        if name.startswith("wal-"):
-            shutil.copyfile(snapshot_dir / name, index_dir / name)  # logs grow: never shared
-        else:
-            linked += _link_or_copy(snapshot_dir / name, index_dir / name)
-    index = SearchIndex.load(index_dir, verify="full")
+    with WriterLock(index_dir, "coins index restore"):  # no server writes to what is replaced
+        if any(p.name != LOCK_NAME for p in index_dir.iterdir()):
+            if not force:
+                raise FileExistsError(
+                    f"{index_dir} is not empty; pass --force to replace its index"
+                )
+            _clear_index(index_dir)
+        linked = 0
+        for name in sorted(sums, key=lambda n: n == MANIFEST_NAME):  # the manifest (commit) last
+            if name.startswith("wal-"):
+                shutil.copyfile(snapshot_dir / name, index_dir / name)  # logs grow: never shared
+            else:
+                linked += _link_or_copy(snapshot_dir / name, index_dir / name)
+        index = SearchIndex.load(index_dir, verify="full")
     generation = index.manifest.generation
     records = index.log.replayed if index.log is not None else 0
     return SnapshotReport(index_dir, generation, len(sums), linked, records)

@@ -141,7 +141,6 @@ def append_from_source(
 ) -> SearchIndex:
     """Add every chunk of `embeddings` to the index in `index_dir` (same model) and save once."""
     index = SearchIndex.load(index_dir, model_sha256=embeddings.model_sha256)
-    index.check_model(embeddings.model_sha256, embeddings.dim)
     for chunk in embeddings.chunks():
         index.add(np.asarray(chunk.ids), np.asarray(chunk.vectors), chunk.rows())
     index.manifest.roots = gallery_roots(source or {}, (), index.manifest.roots)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from coins.retrieval.data.images import decode_jpegs_on
 from coins.retrieval.data.photos import write_photos
 from coins.retrieval.extras import missing_extra
 from coins.train import train
+from coins.train.loop import loader_workers
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +107,15 @@ def test_jpeg_decoding_on_the_gpu_matches_pil(gallery: Path) -> None:
         reference = np.asarray(load_image(path), np.int16)
         assert pixels.shape == reference.shape
         assert np.abs(pixels.astype(np.int16) - reference).max() <= 3
+
+
+def test_workers_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert (loader_workers(3), loader_workers(0), loader_workers(-1)) == (3, 0, 15)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four training processes share the cores
+    assert loader_workers(-1) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
+    assert loader_workers(-1) == 0  # one core: the training process reads its own batches
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        tiny_config(num_workers=-2)

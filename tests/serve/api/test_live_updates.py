@@ -1,79 +1,30 @@
 """Live updates through the API: a `coins serve` killed with SIGKILL during a stream of adds
-loses no acknowledged add, and a server compacts its log in the background while adds and
-searches go on.
-
-`kill_during_adds` is also the full check of benchmarks/bench_live_updates.py."""
+loses no acknowledged add (tests/support/live_server.py, also the check of
+benchmarks/bench_live_updates.py), a server compacts its log in the background while adds and
+searches go on, and a server with admin routes is the one writer of its directory."""
 
 from __future__ import annotations
 
+import os
 import shutil
-import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from live_server import ADMIN, KEY, kill_during_adds
 from serve_fakes import FakeEmbedder, wait_readyz
 
 from coins.serve.api.app import create_app
 from coins.serve.api.loading import OnnxArtifacts
 from coins.serve.api.settings import ServeSettings
-from coins.serve.client.background import start_server
 from coins.serve.index.build import build_index
+from coins.serve.index.live import compact
 from coins.serve.index.manifest import IndexManifest
 from coins.serve.index.store import SearchIndex
-
-KEY = "l1ve"
-ADMIN = {"X-API-Key": KEY}
-
-
-def kill_during_adds(
-    index_dir: Path, model: Path, kills: int, seed: int = 0, first_id: int = 10**6
-) -> dict[str, Any]:
-    """Start the server, add one item per request from one client, SIGKILL the server after
-    a random 0.2-1.2 s; `kills` times. Then restart: every add acknowledged with a 200 must be
-    found by GET /v1/items/{id}. Returns counts and the ids lost (none, if all is well)."""
-    rng = np.random.default_rng(seed)
-    acknowledged: list[int] = []
-    next_id = first_id
-    for _ in range(kills):
-        proc, url = start_server(index_dir, model, "--api-key", KEY, "--workers", "2")
-        dim = httpx.get(f"{url}/v1/index").json()["dim"]
-        stop = threading.Event()
-
-        def adder(url: str = url, dim: int = dim, stop: threading.Event = stop) -> None:
-            nonlocal next_id
-            with httpx.Client(base_url=url, headers=ADMIN, timeout=10) as client:
-                while not stop.is_set():
-                    v = rng.standard_normal(dim).tolist()
-                    item = {"id": next_id, "vector": v, "coarse": "live"}
-                    try:
-                        r = client.post("/v1/items", json={"items": [item]})
-                    except httpx.TransportError:
-                        return  # killed mid-request: not acknowledged
-                    if r.status_code == 200:
-                        acknowledged.append(next_id)
-                    next_id += 1
-
-        thread = threading.Thread(target=adder)
-        thread.start()
-        time.sleep(float(rng.uniform(0.2, 1.2)))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        stop.set()
-        thread.join()
-    proc, url = start_server(index_dir, model, "--api-key", KEY)
-    try:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            lost = [i for i in acknowledged if client.get(f"/v1/items/{i}").status_code != 200]
-    finally:
-        proc.kill()
-        proc.wait()
-    return {"kills": kills, "acknowledged": len(acknowledged), "lost": lost}
+from coins.serve.index.writer_lock import IndexLockedError
 
 
 @pytest.mark.slow
@@ -96,21 +47,29 @@ class FakeModelRealIndex(OnnxArtifacts):
         return FakeEmbedder()
 
 
-def test_the_server_compacts_its_log_while_adds_and_searches_go_on(tmp_path) -> None:
+def fake_model_index(index_dir: Path, n: int = 100) -> Path:
+    """A flat index of `n` random vectors (coarse "old") for the stand-in model."""
     embedder = FakeEmbedder()
-    rng = np.random.default_rng(0)
-    xb = rng.standard_normal((100, embedder.dim)).astype(np.float32)
+    xb = np.random.default_rng(0).standard_normal((n, embedder.dim)).astype(np.float32)
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    ids = np.arange(100, dtype=np.int64)
-    rows = [{"id": i, "coarse": "old"} for i in range(100)]
-    index_dir = tmp_path / "index"
+    ids = np.arange(n, dtype=np.int64)
+    rows = [{"id": i, "coarse": "old"} for i in range(n)]
     build_index(
         ids, xb, rows, index_dir, index_key="flat", model_sha256=embedder.sha256, tune_queries=0
     )
-    settings = ServeSettings(
-        index_dir=index_dir, model=index_dir / "m.onnx", api_key=KEY, workers=2, threads=1,
-        compact_after_records=8,
-    )  # fmt: skip
+    return index_dir
+
+
+def settings_for(index_dir: Path, **overrides: Any) -> ServeSettings:
+    base = {"index_dir": index_dir, "model": index_dir / "m.onnx", "workers": 2, "threads": 1}
+    return ServeSettings(**{**base, "api_key": KEY, **overrides})
+
+
+def test_the_server_compacts_its_log_while_adds_and_searches_go_on(tmp_path) -> None:
+    embedder = FakeEmbedder()
+    rng = np.random.default_rng(0)
+    index_dir = fake_model_index(tmp_path / "index")
+    settings = settings_for(index_dir, compact_after_records=8)
     failures: list[int] = []
     stop = threading.Event()
     with TestClient(create_app(settings, FakeModelRealIndex())) as client:
@@ -142,3 +101,24 @@ def test_the_server_compacts_its_log_while_adds_and_searches_go_on(tmp_path) -> 
     index = SearchIndex.load(index_dir)
     assert index.ntotal == 100 + 40 - 2
     assert index.ids_where(coarse="new").tolist() == list(range(1001, 1040))
+
+
+def test_a_server_with_admin_routes_is_the_one_writer_of_its_directory(tmp_path) -> None:
+    index_dir = fake_model_index(tmp_path / "index")
+    holder = rf"pid {os.getpid()} \(coins serve"
+    with TestClient(create_app(settings_for(index_dir), FakeModelRealIndex())) as client:
+        wait_readyz(client, 30)
+        item = {"id": 500, "vector": [1.0] + [0.0] * (FakeEmbedder().dim - 1)}
+        assert client.post("/v1/items", json={"items": [item]}, headers=ADMIN).status_code == 200
+        with pytest.raises(IndexLockedError, match=holder):
+            compact(index_dir)
+        second = create_app(settings_for(index_dir), FakeModelRealIndex())
+        with TestClient(second) as other:
+            r = wait_readyz(other, 30, loaded_only=True)
+            assert r.status_code == 503 and "IndexLockedError" in r.json()["message"], r.json()
+        readers = settings_for(index_dir, api_key=None)  # no admin routes: a reader, no lock
+        with TestClient(create_app(readers, FakeModelRealIndex())) as reader:
+            assert wait_readyz(reader, 30).status_code == 200
+            assert reader.get("/v1/items/500").status_code == 200  # replayed from the log
+    report = compact(index_dir)  # the server is gone: its lock with it
+    assert (report.changes, report.ntotal) == (1, 101)

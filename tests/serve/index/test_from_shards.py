@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import coins.serve.index.stream as stream
+from coins.cli import app
 from coins.retrieval.shards import job_manifest, prepare_output, write_chunk
 from coins.serve.index.build import build_gallery_index, build_index
 from coins.serve.index.choice import choose_index
@@ -165,3 +167,34 @@ def test_auto_puts_opq_in_front_of_small_pq_codes_only() -> None:
     large = choose_index("auto", 10**7, 128, max_memory=2**30)  # ~99 bytes a vector
     assert large.key == "IVF16384,PQ64x8"
     assert choose_index("auto", 5000, 128, on_disk=True).key.startswith("IVF")
+
+
+def test_cli_builds_on_disk_from_shards(two_jobs, tmp_path) -> None:
+    folders = two_jobs[0]
+    shards = ["--from-embeddings", str(folders[0]), "--from-embeddings", str(folders[1])]
+    options = ["--type", "IVF16,Flat", "--on-disk", "--verify", "full"]
+    args = ["index", *shards, *options, "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2,400 vectors" in result.output
+    assert SearchIndex.load(tmp_path / "o", verify="full").read_only is not None
+    bad = CliRunner().invoke(app, [*args[:-2], "--verify", "quick", "-o", str(tmp_path / "p")])
+    assert bad.exit_code != 0 and "fast or full" in bad.output
+
+
+def test_the_server_loads_with_mmap_and_full_verify_from_its_settings(two_jobs, tmp_path) -> None:
+    from coins.serve.api.loading import OnnxArtifacts
+    from coins.serve.api.settings import ServeSettings
+
+    build(two_jobs[0], tmp_path / "i", index_key="IVF16,Flat")
+    settings = ServeSettings(index_dir=tmp_path / "i", model=tmp_path / "m.onnx", mmap=True)
+    index = OnnxArtifacts().load_index(settings, MODEL)
+    assert isinstance(index, SearchIndex) and "memory-mapped" in (index.read_only or "")
+    assert index.gpu_index is None  # no GPU here: gpu="auto" stays on the CPU
+    faiss_file = tmp_path / "i" / index.manifest.files["index"].name
+    data = bytearray(faiss_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    faiss_file.write_bytes(bytes(data))
+    full = settings.model_copy(update={"verify": "full"})
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        OnnxArtifacts().load_index(full, MODEL)
