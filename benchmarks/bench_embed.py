@@ -1,7 +1,7 @@
 """`coins embed` at scale: 1 vs 2 processes, peak memory per process, two simulated nodes.
 
 On a gallery of generated 224-px JPEG photos (benchmarks/make_photos.py), with a small model
-(timm mobilenetv3_small_050 at 224 px, one training step: the speed, not the accuracy, matters):
+(a quarter-width ResNet-18 at 224 px, one training step: the speed, not the accuracy, matters):
 
 1. `coins embed` with 1 process, then `--nproc 2`: images/s of each, their ratio, and the max
    abs difference of the vectors (same items, same order expected);
@@ -41,7 +41,7 @@ def ensure_photos(folder: Path, count: int) -> Path:
 
 
 def ensure_model(photos: Path, work: Path) -> Path:
-    """A small 224-px model: one training step of mobilenetv3_small_050, exported."""
+    """A small 224-px model: one training step of a quarter-width ResNet-18, exported."""
     onnx = work / "model.onnx"
     if onnx.exists():
         return onnx
@@ -49,8 +49,9 @@ def ensure_model(photos: Path, work: Path) -> Path:
     from coins.train import load_config, train
 
     cfg = load_config(
-        preset="rgb-224", dataset="csv", dataset_options={"root": str(photos)}, max_steps=1,
-        model={"backbone": "mobilenetv3_small_050", "head_hidden": 64, "head_dim": 32},
+        preset="rgb-224", dataset="csv", root=str(photos / "manifest.csv"), max_steps=1,
+        model={"backbone": "resnet18", "backbone_kwargs": {"channels": [16, 32, 64, 128]},
+               "head_hidden": 64, "head_dim": 32},
         batch_size=8, num_workers=0, epochs=1, amp=False,
     )  # fmt: skip
     train(cfg, work / "run", progress=False)

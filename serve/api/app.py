@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from coins import __version__
 from coins.serve.api.errors import add_body_schemas, install_error_handlers
+from coins.serve.api.generations import GenerationFollower, check_follower
 from coins.serve.api.limits import BodyLimits
 from coins.serve.api.loading import Artifacts, OnnxArtifacts, load_all, set_faiss_threads
 from coins.serve.api.observability import RequestMetrics, ServiceMetrics
@@ -49,9 +50,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         initargs=(settings.faiss_threads,),
     )
     loading = asyncio.create_task(asyncio.to_thread(load_all, app))
+    follower = GenerationFollower(app) if settings.follow else None
+    if follower is not None:
+        follower.start()  # polls once loaded: new generations of index_dir are swapped in
     try:
         yield
     finally:
+        if follower is not None:
+            await asyncio.to_thread(follower.stop)  # a reload in progress ends first
         if not loading.done():
             await asyncio.wait([loading], timeout=5)
         app.state.pool.shutdown(wait=True, cancel_futures=True)
@@ -69,6 +75,7 @@ def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> F
         # with `Host: evil` would be sent to http://evil/...; a wrong path is a 404 instead
         redirect_slashes=False,
     )
+    check_follower(settings)
     app.state.settings = settings
     app.state.artifacts = artifacts or OnnxArtifacts()
     app.state.service = ServiceState()

@@ -78,6 +78,10 @@ class ServeSettings(BaseSettings):
     mmap: bool = False
     verify: Literal["fast", "full"] = "fast"
     gpu: Literal["auto", "on", "off"] = "auto"
+    # a read-only replica: poll index.json every `follow_interval_s` and swap in each new
+    # generation the directory's one writer commits (serve/api/generations.py); no API key
+    follow: bool = False
+    follow_interval_s: float = Field(default=1.0, gt=0)
 
     def max_search_bytes(self, dim: int) -> int:
         """Bytes a /v1/search body may have, checked before it is parsed: `max_vectors` vectors

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +122,45 @@ def test_cli_embed_with_loader_workers_shows_the_provider(tiny_onnx, photos, tmp
     assert "3 chunks written, 0 already done; 10 items embedded, 1 skipped" in result.output
     assert "05.png" in result.output
     args[-1] = str(tmp_path / "strict")
-    strict = CliRunner().invoke(app, [*args, "--strict", "--chunk-size", "4", "--workers", "0"])
+    strict = CliRunner().invoke(app, [*args, "--strict", "--chunk-size", "4", "--workers", "2"])
     assert strict.exit_code == 2 and "05.png: expected a readable image" in strict.output
+    assert multiprocessing.active_children() == []  # the failed job's workers are gone
+
+
+FORK_AFTER_GARBAGE = """
+import gc, sys
+from pathlib import Path
+import coins.retrieval.embed_job as ej
+from coins.retrieval.onnx.runner import OnnxEmbedder
+
+model, photos, out = map(Path, sys.argv[1:])
+real = ej.gallery_source
+
+
+def collecting(*args, **kwargs):  # the workers' garbage collector runs at every image
+    gallery = real(*args, **kwargs)
+    load = gallery.load
+    gallery.load = lambda i: (gc.collect(), load(i))[1]
+    return gallery
+
+
+ej.gallery_source = collecting
+gc.disable()  # keep the garbage until the fork, as a busy process (a test run) may
+garbage = [OnnxEmbedder(model)]  # an ONNX Runtime session in a reference cycle
+garbage.append(garbage)
+del garbage
+job = ej.EmbedJob(model, out, images=photos, chunk_size=4, batch_size=2, workers=2)
+print("embedded", ej.embed_job(job, progress=False, log=lambda s: None)["embedded"])
+"""
+
+
+@pytest.mark.slow
+def test_loader_workers_never_free_a_session_they_inherit(tiny_onnx, photos, tmp_path):
+    # Freeing an inherited ONNX Runtime session in a forked worker waits forever on its thread
+    # pool; the workers' collector must not reach what they inherit (it hung before the fix).
+    argv = [sys.executable, "-c", FORK_AFTER_GARBAGE, str(tiny_onnx), str(photos), str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "embedded 10" in done.stdout, done.stderr
 
 
 @pytest.mark.slow
