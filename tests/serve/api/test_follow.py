@@ -3,6 +3,7 @@ without failing a search during the switch."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -43,11 +44,12 @@ def test_a_follower_serves_a_new_generation_with_no_failed_search(tiny_built, tm
         before = client.get("/v1/index").json()
         state = app.state.service
         generation = state.index.manifest.generation
+        probe = np.eye(1, state.index.dim, dtype=np.float32).tolist()  # [1, D]
 
         def search() -> None:
             nonlocal searches
             while not stop.is_set():
-                r = client.post("/v1/search", json={"ids": [0], "k": 3})
+                r = client.post("/v1/search", json={"vectors": probe, "k": 3})
                 searches += 1
                 if r.status_code != 200:
                     failures.append(f"{r.status_code} {r.text}")
@@ -73,7 +75,7 @@ def test_a_follower_serves_a_new_generation_with_no_failed_search(tiny_built, tm
 
 
 def test_a_failed_load_keeps_serving_and_the_next_generation_is_followed(
-    tiny_built, tmp_path
+    tiny_built, tmp_path, caplog
 ) -> None:
     index_dir = shutil.copytree(tiny_built.index_dir, tmp_path / "index")
     app = create_app(
@@ -84,11 +86,16 @@ def test_a_failed_load_keeps_serving_and_the_next_generation_is_followed(
         ntotal = client.get("/v1/index").json()["ntotal"]
         manifest = index_dir / "index.json"
         good = manifest.read_text()
-        broken = good.replace(".faiss", "-missing.faiss")
-        assert broken != good
-        manifest.write_text(broken)  # names a file that is not there: the load fails
+        served = app.state.service.index.manifest.generation
+        broken = json.loads(good)
+        broken["generation"] = served + 100
+        broken["files"]["index"]["name"] = "index-missing.faiss"
+        manifest.write_text(json.dumps(broken))  # a new generation whose file is missing
         time.sleep(5 * INTERVAL_S)
-        assert client.post("/v1/search", json={"ids": [0], "k": 1}).status_code == 200
+        assert f"generation {served + 100} not loaded, still serving {served}" in caplog.text
+        assert app.state.service.index.manifest.generation == served
+        probe = np.eye(1, app.state.service.index.dim).tolist()  # [1, D]
+        assert client.post("/v1/search", json={"vectors": probe, "k": 1}).status_code == 200
         manifest.write_text(good)  # back to the served generation: nothing to load
         commit_one_more(index_dir, app.state.service.embedder.sha256)
         deadline = time.monotonic() + 30 * INTERVAL_S
