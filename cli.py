@@ -444,21 +444,37 @@ def serve_cmd(
     ),
     verify: str | None = typer.Option(None, help="Index check: fast (default) or full."),
     gpu: str | None = typer.Option(None, help="Search on a GPU: auto (default), on, off."),
+    follow: bool | None = typer.Option(
+        None, "--follow/--no-follow", help="Read-only replica: swap in new index generations."
+    ),
+    follow_interval: float | None = typer.Option(
+        None, help="Seconds between two looks at index.json with --follow (default 1)."
+    ),
+    processes: int | None = typer.Option(
+        None, help="Server processes on one port sharing the index (default 1; >1 needs --mmap)."
+    ),
 ) -> None:
     """Serve the search API and web page; every setting can also come from COINS_* variables."""
-    from coins.serve.api.app import run
     from coins.serve.api.settings import ServeSettings
 
     flags: dict[str, Any] = {
         "host": host, "port": port, "api_key": api_key, "report_dir": report_dir,
         "workers": workers, "threads": threads, "faiss_threads": faiss_threads,
         "image_roots": image_root, "mmap": mmap, "verify": verify, "gpu": gpu,
+        "follow": follow, "follow_interval_s": follow_interval, "processes": processes,
     }  # fmt: skip
     given = {k: v for k, v in flags.items() if v is not None}
     settings = ServeSettings.model_validate({"index_dir": index_dir, "model": model, **given})
     for path in (settings.model, settings.index_dir, settings.report_dir):
         if path is not None and not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
+    if settings.processes > 1:  # a supervisor without FAISS or the model: see its module
+        from coins.serve.api.processes import run_processes
+
+        run_processes(settings, log_level=log_level)
+        return
+    from coins.serve.api.app import run
+
     run(settings, log_level=log_level)
 
 

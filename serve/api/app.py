@@ -8,6 +8,7 @@ routes, while /healthz already answers 200.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from coins.serve.api.errors import add_body_schemas, install_error_handlers
 from coins.serve.api.generations import GenerationFollower, check_follower
 from coins.serve.api.limits import BodyLimits
 from coins.serve.api.loading import Artifacts, OnnxArtifacts, load_all, set_faiss_threads
-from coins.serve.api.observability import RequestMetrics, ServiceMetrics
+from coins.serve.api.observability import RequestMetrics, ServiceMetrics, process_exited
 from coins.serve.api.routes import admin as routes_admin
 from coins.serve.api.routes import items as routes_items
 from coins.serve.api.routes import ops as routes_ops
@@ -62,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.wait([loading], timeout=5)
         app.state.pool.shutdown(wait=True, cancel_futures=True)
         app.state.service.close()  # the index directory's writer lock
+        process_exited()
 
 
 def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> FastAPI:
@@ -119,9 +121,15 @@ def _mount_page(app: FastAPI, settings: ServeSettings) -> None:
 
 
 def run(settings: ServeSettings, log_level: str = "info") -> None:
-    """Serve until interrupted (what `coins serve` does)."""
+    """Serve until interrupted (what `coins serve` does); `settings.processes` worker
+    processes share the port when more than one."""
     import uvicorn
 
+    if settings.processes > 1:
+        from coins.serve.api.processes import run_processes
+
+        run_processes(settings, log_level)
+        return
     uvicorn.Server(server_config(create_app(settings), settings, log_level)).run()
 
 
@@ -139,6 +147,15 @@ def server_config(app: FastAPI, settings: ServeSettings, log_level: str = "info"
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_connections,
     )
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of `coins serve --processes N` (uvicorn's factory):
+    the settings come as JSON in SETTINGS_ENV, written by the parent process."""
+    from coins.serve.api.processes import SETTINGS_ENV
+
+    settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    return create_app(settings)
 
 
 def _h11_with_header_deadline(seconds: float) -> type[asyncio.Protocol]:

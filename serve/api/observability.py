@@ -1,15 +1,27 @@
 """Prometheus metrics of one app: latency per route, time per stage, counts, errors, index size.
 
 Each app owns its registry, so several apps (tests, a reload) never collide on metric names.
+Under `coins serve --processes N` (PROMETHEUS_MULTIPROC_DIR set), every process writes its
+samples to files there and /metrics answers the sum over all of them (`exposition`): counters
+and histograms add up, `coins_ready` has one sample per live process (label `pid`) and
+`coins_index_items` is the largest over live processes.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 STAGES = ("decode", "preprocess", "embed", "search", "metadata")
@@ -47,9 +59,15 @@ class ServiceMetrics:
         )
         self.queries = Counter("coins_queries", "Queries searched, by kind.", ["kind"], registry=r)
         self.images = Counter("coins_images_decoded", "Images decoded.", registry=r)
-        self.index_size = Gauge("coins_index_items", "Items in the index.", registry=r)
+        # multiprocess_mode only matters with several processes (see the module docstring)
+        self.index_size = Gauge(
+            "coins_index_items", "Items in the index.", registry=r, multiprocess_mode="livemax"
+        )
         self.ready = Gauge(
-            "coins_ready", "1 when the model and index are loaded and warm.", registry=r
+            "coins_ready",
+            "1 when the model and index are loaded and warm.",
+            registry=r,
+            multiprocess_mode="liveall",
         )
 
     @contextmanager
@@ -60,6 +78,26 @@ class ServiceMetrics:
             yield
         finally:
             self.stage.labels(stage).observe(time.perf_counter() - start)
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus_client's directory of per-process samples, when several processes serve."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition(metrics: ServiceMetrics) -> bytes:
+    """The Prometheus text of this process, or of all processes sharing multiprocess_dir()."""
+    if multiprocess_dir() is None:
+        return generate_latest(metrics.registry)
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)  # reads every process's files at each scrape
+    return generate_latest(merged)
+
+
+def process_exited() -> None:
+    """Drop this process's live gauges (`coins_ready`) from the sum of several processes."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())
 
 
 class RequestMetrics:

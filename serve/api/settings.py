@@ -82,6 +82,9 @@ class ServeSettings(BaseSettings):
     # generation the directory's one writer commits (serve/api/generations.py); no API key
     follow: bool = False
     follow_interval_s: float = Field(default=1.0, gt=0)
+    # server processes on one port (uvicorn workers), each mapping the same index read-only:
+    # more than 1 requires `mmap` and refuses an API key (the writer is one separate process)
+    processes: int = Field(default=1, ge=1)
 
     def max_search_bytes(self, dim: int) -> int:
         """Bytes a /v1/search body may have, checked before it is parsed: `max_vectors` vectors

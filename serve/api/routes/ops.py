@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from coins.serve.api.deps import MetricsDep, ReadyDep, SettingsDep, StateDep, summarize
+from coins.serve.api.observability import exposition
 from coins.serve.api.schemas import Health, IndexSummary
 
 router = APIRouter(tags=["ops"])
@@ -34,11 +35,11 @@ def readyz(state: StateDep) -> Any:
 
 @router.get("/metrics", response_class=Response)
 def metrics(state: StateDep, m: MetricsDep) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format; the sum over all processes of `coins serve --processes N`."""
     if state.index is not None:
         m.index_size.set(state.index.ntotal)
     m.ready.set(1 if state.ready else 0)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(m), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/index", response_model=IndexSummary, tags=["items"])
