@@ -20,7 +20,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +174,7 @@ def _collate(
 
 def _embedded_chunks(
     gallery: Gallery, model: OnnxEmbedder, job: EmbedJob, todo: Sequence[int], workers: int
-) -> Iterator[tuple[int, np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]]:
+) -> Generator[tuple[int, np.ndarray, list[dict[str, Any]], list[dict[str, Any]]], None, None]:
     """(chunk, vectors float32 [n, D], rows [n], skipped) for each chunk of `todo`, in order.
 
     One DataLoader over all the chunks' batches (a batch never crosses a chunk), so the
