@@ -27,6 +27,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 8.4 s quiet: two gloo processes
 def test_two_ranks_stay_in_sync_and_equal_one_process_with_two_bn_groups(tmp_path) -> None:
     ddp_cfg = tiny_config(method="coins-imp", bn_splits=1)
     mp.spawn(worker, args=(_free_port(), ddp_cfg.to_dict(), str(tmp_path)), nprocs=2, join=True)

@@ -67,6 +67,7 @@ def test_image_search_finds_the_image_itself_with_its_coarse_class(built, test_s
         client.__exit__(None, None, None)
 
 
+@pytest.mark.slow  # 8.7 s quiet: the whole test split through the API
 def test_recall_through_the_server_equals_recall_of_the_index(built) -> None:
     proc, url = start_server(built)
     try:
