@@ -8,6 +8,7 @@ lost.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -57,3 +58,12 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read `block` bytes at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        while data := file.read(block):
+            digest.update(data)
+    return digest.hexdigest()

@@ -15,7 +15,6 @@ Every file is written atomically (`atomic_path`), so a crash leaves whole chunks
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path, file_sha256, write_json
 from .onnx.contract import EmbedError
 
 FORMAT = "coins-embeddings"
@@ -143,15 +142,7 @@ def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _file_info(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def check_chunk(
@@ -199,7 +190,7 @@ def _check_file(path: Path, want: dict[str, Any], verify: Verify) -> None:
     size = path.stat().st_size
     if size != want["bytes"]:
         raise EmbedError(f"{path}: {size} bytes, expected {want['bytes']} (truncated or replaced)")
-    if verify == "full" and _sha256(path) != want["sha256"]:
+    if verify == "full" and file_sha256(path) != want["sha256"]:
         raise EmbedError(f"{path}: sha256 differs from the chunk marker's (corrupt)")
 
 

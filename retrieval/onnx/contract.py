@@ -11,7 +11,6 @@ writer (`export`, `quantize`) and the reader (`runner`) both take their names fr
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import onnxruntime as ort
 import torch
 
 from coins import __version__
+from coins.retrieval.atomic import file_sha256
 from coins.retrieval.data.transforms import Preprocess
 from coins.retrieval.models import Embedder, Which
 
@@ -78,11 +78,7 @@ class QuantizeReport:
 
 def model_sha256(path: str | Path) -> str:
     """Hex SHA-256 of the file's bytes: the model's identity in shards, indexes and servers."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def read_metadata(path: Path, session: ort.InferenceSession) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from coins.retrieval.atomic import write_json
+from coins.retrieval.atomic import file_sha256, write_json
 
 MANIFEST_NAME = "index.json"
 FORMAT_VERSION = 1
@@ -193,15 +193,6 @@ def _source_folders(source: dict[str, Any]) -> list[Path]:
         if isinstance(inner, dict):
             folders += _source_folders(inner)
     return folders
-
-
-def file_sha256(path: Path, chunk: int = 2**22) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fast_file_sha256(path: Path) -> str:

@@ -21,8 +21,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from coins.retrieval.atomic import write_json
-from coins.serve.index.manifest import MANIFEST_NAME, IndexLoadError, IndexManifest, file_sha256
+from coins.retrieval.atomic import file_sha256, write_json
+from coins.serve.index.manifest import MANIFEST_NAME, IndexLoadError, IndexManifest
 from coins.serve.index.wal import log_generations, log_path, read_log
 from coins.serve.index.writer_lock import LOCK_NAME, WriterLock
 
