@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .configs import Preprocess
 from .data import DatasetError
-from .data.transforms import eval_transform
+from .data.preprocess import EvalPreprocess
 from .gallery import Gallery, gallery_source
 from .onnx.contract import EmbedError
 from .onnx.runner import OnnxEmbedder
@@ -149,7 +149,7 @@ class _Preprocessed(Dataset):
     never free) an ONNX Runtime session, see `_started`."""
 
     def __init__(self, gallery: Gallery, preprocess: Preprocess) -> None:
-        self.gallery, self.transform = gallery, eval_transform(preprocess)
+        self.gallery, self.transform = gallery, EvalPreprocess(preprocess)  # = eval_transform
 
     def __len__(self) -> int:
         return len(self.gallery)
@@ -159,7 +159,7 @@ class _Preprocessed(Dataset):
             image = self.gallery.image(i)
         except DatasetError as e:  # an undecodable image names itself
             return i, None, str(e)
-        return i, self.transform(image).numpy(), None
+        return i, self.transform(image), None
 
 
 def _collate(

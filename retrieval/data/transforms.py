@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 from ..configs import Augment, Preprocess
 from .base import RetrievalDataset
+from .preprocess import resize_centre_crop
 
 Views = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -28,12 +29,8 @@ def eval_transform(pre: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
 class ResizeCentreCrop:
     """Resize the shorter side to `size`, then crop the centre `size` x `size`.
 
-    Ordinary images take torchvision's Resize then CenterCrop (bit for bit what models were
-    trained and evaluated with). A thin image would make that intermediate huge: 1 x N pixels
-    resize to size x size*N (a 1 x 2,000,000 PNG asks for gigabytes). When the intermediate would
-    exceed `max_aspect` * size**2 pixels, only the source box that the crop keeps is resized,
-    straight to size x size: the same sampling positions and filter, so the result equals the
-    long path up to rounding (at most 1 grey level), at a cost bounded by size**2.
+    PIL images take `resize_centre_crop` (preprocess.py): torchvision's Resize then CenterCrop,
+    with a bounded path for thin images, shared with the torch-free `EvalPreprocess`.
     """
 
     def __init__(self, size: int, max_aspect: float = 16.0) -> None:
@@ -44,17 +41,7 @@ class ResizeCentreCrop:
     def __call__(self, img: Image.Image) -> Image.Image:
         if not isinstance(img, Image.Image):  # tensors: internal callers only, never thin
             return self.crop(self.resize(img))
-        S = self.size
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(S * long / short)  # as torchvision computes it
-        if new_long <= self.max_aspect * S:
-            return self.crop(self.resize(img))
-        new_w, new_h = (S, new_long) if w <= h else (new_long, S)
-        top, left = round((new_h - S) / 2.0), round((new_w - S) / 2.0)  # as CenterCrop rounds
-        sx, sy = w / new_w, h / new_h  # source pixels per resized pixel
-        box = (left * sx, top * sy, (left + S) * sx, (top + S) * sy)
-        return img.resize((S, S), Image.Resampling.BILINEAR, box=box)
+        return resize_centre_crop(img, self.size, self.max_aspect)
 
     def __repr__(self) -> str:
         return f"ResizeCentreCrop(size={self.size}, max_aspect={self.max_aspect})"

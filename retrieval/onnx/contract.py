@@ -14,16 +14,18 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
 import onnxruntime as ort
-import torch
 
 from coins import __version__
 from coins.retrieval.atomic import file_sha256
-from coins.retrieval.data.transforms import Preprocess
-from coins.retrieval.models import Embedder, Which
+from coins.retrieval.configs import Preprocess
+
+if TYPE_CHECKING:  # the writer's types; the reader (runner, `coins serve`) loads without torch
+    import torch
+
+    from coins.retrieval.models import Embedder, Which
 
 METADATA_KEY = "coins"  # metadata_props key of the JSON written by `coins export`
 METADATA_FORMAT = "coins-onnx"
@@ -157,6 +159,8 @@ def export_metadata(
 
 def set_metadata(path: Path, meta: dict[str, Any]) -> None:
     """Replace the "coins" metadata entry of the model at `path`, in place."""
+    import onnx  # the writer's alone: readers (`coins serve`) spare its ~16 MiB
+
     proto = onnx.load(str(path))
     kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
     del proto.metadata_props[:]

@@ -16,14 +16,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
-import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from PIL import Image
 from tqdm import tqdm
 
 from coins.retrieval.data import DatasetError
 from coins.retrieval.data.images import load_image
-from coins.retrieval.data.transforms import eval_transform
+from coins.retrieval.data.preprocess import EvalPreprocess
 from coins.retrieval.gallery import Gallery, gallery_source, metadata_rows
 from coins.retrieval.onnx.contract import (
     COARSE_PROBS,
@@ -131,7 +130,7 @@ class OnnxEmbedder:
         self.fine_classes: list[str] | None = head["classes"] if level == "fine" else None
         self._outputs = [o.name for o in self.session.get_outputs()]
         self._check_signature()
-        self._transform = eval_transform(self.preprocess)
+        self._transform = EvalPreprocess(self.preprocess)  # = eval_transform, without torch
 
     def _check_signature(self) -> None:
         pre, inputs = self.preprocess, self.session.get_inputs()
@@ -188,9 +187,7 @@ class OnnxEmbedder:
         """One image preprocessed as the model expects, float32 [C, S, S]."""
         if not isinstance(image, Image.Image):
             raise EmbedError(f"expected a PIL image, got {type(image).__name__}")
-        tensor = self._transform(image)
-        assert isinstance(tensor, torch.Tensor)
-        return tensor.numpy()
+        return self._transform(image)
 
     def embed_images(self, images: Sequence[Image.Image]) -> EmbedResult:
         """Embed one batch of PIL images (any size and mode)."""

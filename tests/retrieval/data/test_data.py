@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from torch.utils.data import Dataset
 
 from coins.retrieval.data import (
     DatasetError,
@@ -155,7 +154,7 @@ def test_synthetic_takes_no_root(tmp_path: Path) -> None:
 
 
 def test_items_and_indexing(test: SyntheticPatches) -> None:
-    assert isinstance(test, Dataset) and isinstance(test, RetrievalDataset)
+    assert isinstance(test, RetrievalDataset)  # a map-style data set for torch's DataLoader
     item = test[-1]
     assert isinstance(item, Item)
     assert item.image.mode == "RGB" and item.image.size == (32, 32)
