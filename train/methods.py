@@ -69,6 +69,13 @@ METHODS: dict[str, Method] = {
             proxies=True,
         ),
         Method(
+            "coins-soft",
+            "L_ins with MaskCon's soft in-coarse targets + alpha L_cos",
+            True,
+            "coarse",
+            peer="maskcon",
+        ),
+        Method(
             "opt",
             "L_cos on the fine labels: the reference upper bound, not a coarse-label method",
             False,

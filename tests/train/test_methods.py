@@ -24,7 +24,7 @@ def old_uses_queue(m: str) -> bool:
 
 
 def old_classifier(m: str) -> str | None:
-    if m not in ("cos", "opt", "coins", "coins-imp", "coinsp"):
+    if m not in ("cos", "opt", "coins", "coins-imp", "coinsp", "coins-soft"):
         return None
     return "fine" if m == "opt" else "coarse"
 
@@ -40,19 +40,22 @@ def old_cos_weight(m: str) -> float:
 def old_parts(m: str) -> set[str]:
     if m in ("grafit", "maskcon"):
         return {m}
+    if m == "coins-soft":  # added after the string tests: MaskCon's loss + alpha L_cos
+        return {"maskcon", "cos"}
     parts = {"cos"} if old_classifier(m) is not None else set()
     return parts | {"ins"} if old_uses_queue(m) else parts
 
 
 def test_the_table_holds_the_methods_of_the_paper() -> None:
-    names = ("cos", "ins", "coins", "coins-imp", "coinsp", "opt", "grafit", "maskcon")
+    names = ("cos", "ins", "coins", "coins-imp", "coinsp", "coins-soft", "opt", "grafit", "maskcon")
     assert tuple(METHODS) == names
     for name, method in METHODS.items():
         assert method.name == name and method.about
         assert method.key_encoder == old_uses_queue(name)
         assert method.classifier == old_classifier(name)
         assert method.proxies == (name == "coinsp")
-        assert method.peer == (name if name in ("grafit", "maskcon") else None)
+        peer = "maskcon" if name == "coins-soft" else name
+        assert method.peer == (peer if peer in ("grafit", "maskcon") else None)
         assert method.cos_weight(ALPHA) == old_cos_weight(name)
         for imp in (True, False):
             assert method.negatives_within_coarse(imp) == old_within_coarse(name, imp)
