@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo-out
 
-.PHONY: demo demo-query test test-fast lint typecheck pytest clean
+.PHONY: demo demo-query test test-fast test-slow test-all lint typecheck pytest clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -57,15 +57,24 @@ typecheck: $(VENV)/.installed-test
 	mkdir -p .mypy_src && ln -sfn "$(CURDIR)" .mypy_src/coins
 	MYPYPATH=.mypy_src $(VENV)/bin/mypy -p coins
 
-# The whole suite, slow tests included: what CI runs (through `make test`).
+# The suite without the tests marked slow (each over ~5 s), spread over every core (pytest-xdist,
+# one torch thread per worker): the README's `make test`. CI runs the slow ones too (`test-slow`).
+PYTEST_PARALLEL ?= -n auto --dist loadscope
 pytest: $(VENV)/.installed-test
-	$(VENV)/bin/pytest
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -m "not slow" $(PYTEST_PARALLEL)
 
-# The development loop: every test but those marked slow (over ~5 s each); not a CI substitute.
+# The tests marked slow, one at a time (servers killed mid-write, DDP ranks, long fuzzing).
+test-slow: $(VENV)/.installed-test
+	$(VENV)/bin/pytest -m slow
+
+# The development loop: the fast tests in this process, no workers to start.
 test-fast: $(VENV)/.installed-test
 	$(VENV)/bin/pytest -m "not slow"
 
 test: lint typecheck pytest
+
+# Everything CI runs: `make test`, then the slow tests.
+test-all: test test-slow
 
 clean:
 	rm -rf $(VENV) .mypy_src .mypy_cache .ruff_cache .pytest_cache $(DEMO_DIR)
