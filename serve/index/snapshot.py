@@ -132,8 +132,8 @@ def _clear_index(index_dir: Path) -> None:
         raise FileExistsError(f"{index_dir} holds files but no index; refusing to clear it")
     for path in index_dir.iterdir():
         name = path.name
-        ours = name == MANIFEST_NAME or name.startswith((".index", ".metadata", ".lists"))
-        ours |= name.split("-")[0] in ("index", "metadata", "lists", "wal")
+        ours = name == MANIFEST_NAME or name.startswith((".index", ".metadata", ".lists", ".idmap"))
+        ours |= name.split("-")[0] in ("index", "metadata", "lists", "idmap", "wal")
         if ours and path.is_file():
             path.unlink()
 

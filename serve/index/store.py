@@ -1,16 +1,16 @@
 """The on-disk search index: a FAISS index with int64 ids, SQLite metadata and a manifest.
 
 An index directory holds `index.json` (the manifest, `IndexManifest`), `index-GGGGGG.faiss`,
-`metadata-GGGGGG.sqlite` and, for on-disk inverted lists, `lists-GGGGGG.ivfdata`, G the
-generation. Files of a generation are written once and never
-changed; a save writes the next generation's files, then replaces `index.json` (one atomic
-rename: the commit), then deletes the files no save can commit any more (older generations,
-temporary files of killed saves). A crash at any point thus leaves a manifest whose files exist
-and match its checksums. One writer at a time.
+`metadata-GGGGGG.sqlite` and, for on-disk inverted lists, `lists-GGGGGG.ivfdata` and the
+memory-mapped id map `idmap-GGGGGG.npy` (`idmap.py`), G the generation. Files of a generation
+are written once and never changed; a save writes the next generation's files, then replaces
+`index.json` (one atomic rename: the commit), then deletes the files no save can commit any
+more (older generations, temporary files of killed saves). A crash at any point thus leaves a
+manifest whose files exist and match its checksums. One writer at a time.
 
 Vectors are L2-normalised and compared by inner product (cosine). Indexes with an inverted
-file keep their own ids (with a hash-table direct map, for `reconstruct` and `remove`); every
-other index is wrapped in `IDMap2`.
+file keep their own ids (with a hash-table direct map, for `reconstruct` and `remove`, or for
+on-disk lists the shared id map file); every other index is wrapped in `IDMap2`.
 
 Loading with `mmap` maps the FAISS file instead of reading it (IVF lists through FAISS's
 IO_FLAG_MMAP, Flat codes through IO_FLAG_MMAP_IFC); on-disk lists are always mapped. Either
@@ -34,6 +34,7 @@ import numpy as np
 
 from coins.retrieval.atomic import atomic_path
 from coins.serve.index.delta import MetadataDelta
+from coins.serve.index.idmap import IdMap
 from coins.serve.index.live import LiveLog, replay
 from coins.serve.index.manifest import (
     MANIFEST_NAME,
@@ -53,6 +54,7 @@ __all__ = [
     "SearchIndex",
     "UnknownIdError",
     "check_vectors",
+    "idmap_path",
     "lists_path",
     "new_faiss_index",
     "new_metadata",
@@ -61,10 +63,13 @@ __all__ = [
 
 _faiss: Any = faiss  # the bundled faiss stubs lack SearchParameters* keywords and DirectMap
 NORM_TOL = 1e-3  # stored vectors must have |x| within this of 1
-_SUFFIX = {"index": "faiss", "metadata": "sqlite", "lists": "ivfdata"}  # role -> file suffix
-_GENERATION_FILE = re.compile(r"^(index|metadata|lists)-(\d{6})\.(faiss|sqlite|ivfdata)$")
+# role -> file suffix
+_SUFFIX = {"index": "faiss", "metadata": "sqlite", "lists": "ivfdata", "idmap": "npy"}
+_GENERATION_FILE = re.compile(r"^(index|metadata|lists|idmap)-(\d{6})\.(faiss|sqlite|ivfdata|npy)$")
 # what `atomic_path` writes before its rename, e.g. `.index-000007.faiss.k3j9x_q.tmp`
-_GENERATION_TMP = re.compile(r"^\.(index|metadata|lists)-(\d{6})\.(faiss|sqlite|ivfdata)\..+\.tmp$")
+_GENERATION_TMP = re.compile(
+    r"^\.(index|metadata|lists|idmap)-(\d{6})\.(faiss|sqlite|ivfdata|npy)\..+\.tmp$"
+)
 _MANIFEST_TMP = re.compile(r"^\." + re.escape(MANIFEST_NAME) + r"\..+\.tmp$")
 ON_DISK_READ_ONLY = "its inverted lists are on disk (built with --on-disk); rebuild to change it"
 STALE_TMP_SECONDS = 600.0  # a manifest's temporary file older than this is a killed save's
@@ -114,6 +119,7 @@ class SearchIndex:
         self.read_only = read_only  # why add / remove are refused (mmap, on-disk), or None
         self.gpu_index: faiss.Index | None = None  # a GPU copy for unfiltered searches
         self._lists: Path | None = None  # on-disk inverted lists written by `commit_new`
+        self._idmap: IdMap | None = None  # where each id sits in the on-disk lists
         self._store = store
         self._dirty = False  # changes not yet saved (in a MetadataDelta, or a new file)
         self.log: LiveLog | None = None  # the write-ahead log, attached by `load`
@@ -136,7 +142,7 @@ class SearchIndex:
         if not {"index", "metadata"} <= set(manifest.files) <= set(_SUFFIX):
             raise IndexLoadError(
                 f"{index_dir}: manifest files {sorted(manifest.files)}, expected index, "
-                "metadata and, for on-disk inverted lists, lists"
+                "metadata and, for on-disk inverted lists, lists and idmap"
             )
         paths = {}
         for role, record in manifest.files.items():
@@ -163,6 +169,8 @@ class SearchIndex:
         elif mmap:
             read_only = "it is memory-mapped (loaded with mmap); load it without mmap to change it"
         out = cls(index, store, manifest, index_dir, read_only)
+        if "idmap" in paths:
+            out._idmap = IdMap(paths["idmap"], manifest.count)
         replay(out)  # changes logged since this generation, and attach its log
         if model_sha256 is not None:
             out.check_model(model_sha256, manifest.dim)
@@ -193,14 +201,18 @@ class SearchIndex:
         index_dir: str | Path,
         generation: int,
         lists: Path | None = None,
+        idmap: Path | None = None,
     ) -> SearchIndex:
         """Save a built FAISS index, whose rows are in `store` (`new_metadata`), as generation
         `generation` (`prepare_directory`); `lists`: its on-disk inverted lists file, named
-        `lists_path(index_dir, generation)`."""
+        `lists_path(index_dir, generation)`, and `idmap` the id map of those lists
+        (`idmap_path`)."""
         manifest.generation = generation - 1
         out = cls(index, store, manifest, Path(index_dir))
         out._dirty = True
         out._lists = lists
+        if idmap is not None:
+            out._idmap = IdMap(idmap, index.ntotal)
         out.save()
         if lists is not None:
             out.read_only = ON_DISK_READ_ONLY
@@ -261,6 +273,8 @@ class SearchIndex:
             raise UnknownIdError(f"ids not in the index: {missing[:10]}")
         if len(ids) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
+        if self._idmap is not None:
+            return self._idmap.reconstruct(self.index, ids)
         return self.index.reconstruct_batch(ids)
 
     def metadata(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
@@ -337,6 +351,8 @@ class SearchIndex:
         files = {"index": FileRecord.of(index_path)}
         if self._lists is not None:
             files["lists"] = FileRecord.of(self._lists)
+        if self._idmap is not None:
+            files["idmap"] = FileRecord.of(self._idmap.path)
         if isinstance(self._store, MetadataDelta):  # the base with the changes, as a new file
             self._store = self._store.write_to(self.index_dir / _file_name("metadata", generation))
         if self._dirty:
@@ -498,6 +514,11 @@ def new_metadata(index_dir: str | Path, generation: int) -> MetadataStore:
 def lists_path(index_dir: str | Path, generation: int) -> Path:
     """Where generation `generation`'s on-disk inverted lists go."""
     return Path(index_dir) / _file_name("lists", generation)
+
+
+def idmap_path(index_dir: str | Path, generation: int) -> Path:
+    """Where generation `generation`'s id map of on-disk lists goes (`idmap.py`)."""
+    return Path(index_dir) / _file_name("idmap", generation)
 
 
 def _read_faiss(

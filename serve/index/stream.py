@@ -28,11 +28,13 @@ import numpy as np
 from coins.retrieval.knn import nearest
 from coins.serve.index.choice import choose_index, train_size
 from coins.serve.index.gpu import train_on_gpu
+from coins.serve.index.idmap import build_id_map, write_id_map
 from coins.serve.index.manifest import IndexManifest, gallery_roots, library_versions, now_utc
 from coins.serve.index.metadata import MetadataStore
 from coins.serve.index.store import (
     SearchIndex,
     check_vectors,
+    idmap_path,
     lists_path,
     new_faiss_index,
     new_metadata,
@@ -102,10 +104,11 @@ def build_from_source(
     xq, xq_ids = _gather(embeddings, held)
     store = new_metadata(out_dir, generation)
     lists = lists_path(out_dir, generation) if on_disk else None
+    idmap = idmap_path(out_dir, generation) if on_disk else None
     # On-disk lists take no adds once merged (FAISS 1.15 corrupts lists it moves to grow them):
     # there every vector goes in, and tuning leaves each query's own id out of its results.
     leave_one_out = lists is not None
-    gt = _fill(index, embeddings, store, held, xq, xq_ids, lists, leave_one_out, say)
+    gt = _fill(index, embeddings, store, held, xq, xq_ids, lists, idmap, leave_one_out, say)
     say(f"added {n:,} vectors in {time.perf_counter() - start:.0f} s")
     params: dict[str, int] = {}
     tuning = None
@@ -133,7 +136,7 @@ def build_from_source(
         created=now_utc(),
         versions=library_versions(),
     )
-    return SearchIndex.commit_new(index, store, manifest, out_dir, generation, lists)
+    return SearchIndex.commit_new(index, store, manifest, out_dir, generation, lists, idmap)
 
 
 def append_from_source(
@@ -194,15 +197,17 @@ def _fill(
     xq: np.ndarray,
     xq_ids: np.ndarray,
     lists: Path | None,
+    idmap: Path | None,
     leave_one_out: bool,
     say: Any,
 ) -> np.ndarray:
     """Add every vector but the held-out ones (all with `leave_one_out`), chunk by chunk (into
-    block indexes merged on disk when `lists` is given), insert all rows, and return the
+    block indexes merged on disk into `lists`, located by `idmap`, when both are given), insert
+    all rows, and return the
     queries' exact top-k ids (without each query's own id with `leave_one_out`)."""
     k = min(TUNE_K, embeddings.count - len(held))
     top = _TopK(xq, k + 1 if leave_one_out else k)
-    blocks = _Blocks(index, lists) if lists is not None else None
+    blocks = _Blocks(index, lists, idmap) if lists is not None and idmap is not None else None
     offset = 0
     for chunk in embeddings.chunks():
         ids = np.asarray(chunk.ids, dtype=np.int64)
@@ -257,12 +262,13 @@ class _Blocks:
     """Block indexes of an on-disk build: empty copies of the trained index, filled with up
     to BLOCK_VECTORS vectors each, written to a temporary folder, then merged on disk."""
 
-    def __init__(self, index: faiss.Index, lists: Path) -> None:
+    def __init__(self, index: faiss.Index, lists: Path, idmap: Path) -> None:
         self.index = index
-        self.lists = lists
+        self.lists, self.idmap = lists, idmap
         ivf = ivf_of(index)
         assert ivf is not None
-        ivf.set_direct_map_type(_faiss.DirectMap.NoMap)  # blocks need none; rebuilt after
+        # Neither the blocks nor the merged index keep a direct map: `idmap` locates ids
+        ivf.set_direct_map_type(_faiss.DirectMap.NoMap)
         self.folder = Path(tempfile.mkdtemp(prefix=".blocks-", dir=lists.parent))
         self.files: list[str] = []
         self.block: faiss.Index | None = None
@@ -280,7 +286,7 @@ class _Blocks:
             self.block = None
 
     def merge(self) -> None:
-        """Merge the blocks into `lists`, swap them into the index, rebuild its id map."""
+        """Merge the blocks into `lists`, swap them into the index, write their id map."""
         from faiss.contrib.ondisk import merge_ondisk
 
         self.maybe_flush(force=True)
@@ -290,4 +296,4 @@ class _Blocks:
             shutil.rmtree(self.folder, ignore_errors=True)
         ivf = ivf_of(self.index)
         assert ivf is not None
-        ivf.set_direct_map_type(_faiss.DirectMap.Hashtable)  # reconstruct by id
+        write_id_map(self.idmap, build_id_map(ivf))

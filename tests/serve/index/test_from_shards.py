@@ -14,7 +14,8 @@ from coins.cli import app
 from coins.retrieval.shards import job_manifest, prepare_output, write_chunk
 from coins.serve.index.build import build_gallery_index, build_index
 from coins.serve.index.choice import choose_index
-from coins.serve.index.store import IndexUpdateError, SearchIndex
+from coins.serve.index.manifest import FileRecord, IndexLoadError, IndexManifest
+from coins.serve.index.store import IndexUpdateError, SearchIndex, UnknownIdError
 from coins.serve.index.tuning import ground_truth, k_recall
 
 D = 16
@@ -110,10 +111,11 @@ def test_on_disk_lists_build_load_search_and_refuse_changes(two_jobs, tmp_path, 
     out = tmp_path / "disk"
     build(folders, out, index_key="IVF16,Flat", on_disk=True, target_recall=0.9)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["index-000001.faiss", "index.json", "lists-000001.ivfdata",
-                     "metadata-000001.sqlite"]  # fmt: skip
+    assert names == ["idmap-000001.npy", "index-000001.faiss", "index.json",
+                     "lists-000001.ivfdata", "metadata-000001.sqlite"]  # fmt: skip
     index = SearchIndex.load(out)
-    assert index.ntotal == len(ids) and set(index.manifest.files) == {"index", "lists", "metadata"}
+    files = {"index", "lists", "idmap", "metadata"}
+    assert index.ntotal == len(ids) and set(index.manifest.files) == files
     np.testing.assert_array_equal(index.reconstruct(ids[::97]), xb[::97])
     xq = clustered(200, seed=9)[0]
     assert k_recall(index.search(xq, 10)[1], ground_truth(xq, xb, ids, 10)) >= 0.85
@@ -125,6 +127,37 @@ def test_on_disk_lists_build_load_search_and_refuse_changes(two_jobs, tmp_path, 
     out.rename(moved)
     for again in (SearchIndex.load(moved), SearchIndex.load(moved, mmap=True)):
         np.testing.assert_array_equal(again.search(xq[:3], 5)[1], index.search(xq[:3], 5)[1])
+
+
+@pytest.mark.parametrize("key", ["IVF16,Flat", "OPQ4,IVF16,PQ4x8"])
+def test_on_disk_id_map_finds_what_faiss_own_direct_map_finds(two_jobs, tmp_path, key) -> None:
+    import faiss
+
+    folders, ids, _, _ = two_jobs
+    index = build(folders, tmp_path / "d", index_key=key, on_disk=True, target_recall=0.5)
+    ivf = faiss.extract_index_ivf(index.index)
+    assert ivf.direct_map.type == faiss.DirectMap.NoMap  # no per-process hash table
+    some = ids[::37]
+    ours = SearchIndex.load(tmp_path / "d").reconstruct(some)
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # the reference: FAISS's own lookup
+    # OPQ: the rotation undone in one batch or row by row, equal up to float rounding
+    np.testing.assert_allclose(ours, index.index.reconstruct_batch(some), rtol=0, atol=1e-6)
+    with pytest.raises(UnknownIdError):
+        index.reconstruct(np.array([ids.max() + 1]))
+
+
+def test_a_truncated_id_map_is_a_clear_load_error(two_jobs, tmp_path) -> None:
+    out = tmp_path / "d"
+    build(two_jobs[0], out, index_key="IVF16,Flat", on_disk=True, target_recall=0.5)
+    (path,) = out.glob("idmap-*.npy")
+    np.save(path, np.load(path)[:-1])  # one row short, same name: its checksum fails first
+    with pytest.raises(IndexLoadError, match="idmap"):
+        SearchIndex.load(out)
+    manifest = IndexManifest.load(out)
+    manifest.files["idmap"] = FileRecord.of(path)  # a manifest that agrees with the short file
+    manifest.save(out)
+    with pytest.raises(IndexLoadError, match=r"id map int64 \(2399, 2\), expected int64 \(2400"):
+        SearchIndex.load(out)
 
 
 def test_on_disk_needs_an_ivf(two_jobs, tmp_path) -> None:
