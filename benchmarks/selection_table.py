@@ -9,7 +9,8 @@ Prints, as Markdown:
    MAP@R, mean ± std over its seeds;
 2. the Spearman rank correlation, over every run of a coarse-label method, of each validation
    score with test fine R@1, and per seed whether the run chosen by the score is within 1 point
-   of the best test fine R@1 among that seed's runs.
+   of the best test fine R@1 among that seed's runs;
+3. for each method tried with several weights, the weight the label-free score picks.
 
     python benchmarks/selection_table.py /work/runs/stage1 /work/runs/stage2
 """
@@ -107,6 +108,33 @@ def correlation_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def within_method_table(rows: list[dict], seed: int = 0) -> list[str]:
+    """For each method tried with several weights at `seed`: the weight each score picks."""
+    out = [
+        f"Weights within one method (seed {seed}): the configuration each score picks, and the "
+        "best by test fine R@1:",
+        "",
+        "| method | configurations (val view R@1 / test fine R@1) | view picks | best on test |",
+        "|---|---|---|---|",
+    ]
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["seed"] == seed:
+            by_method[r["method"]].append(r)
+    for method, rs in sorted(by_method.items()):
+        if len(rs) < 2:
+            continue
+        rs = sorted(rs, key=lambda r: r["config"])
+        tried = ", ".join(f"`{r['config']}` {r['view']:.1f} / {r['test_fine']:.1f}" for r in rs)
+        pick = max(rs, key=lambda r: r["view"])
+        best = max(rs, key=lambda r: r["test_fine"])
+        out.append(
+            f"| `{method}` | {tried} | `{pick['config']}` ({pick['test_fine']:.1f}) "
+            f"| `{best['config']}` ({best['test_fine']:.1f}) |"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", type=Path, help="sweep folders holding CONFIG-sSEED runs")
@@ -118,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(config_table(rows)))
     print()
     print("\n".join(correlation_table(rows)))
+    print()
+    print("\n".join(within_method_table(rows)))
     print()
     print("| run | val view R@1 | val fine R@1 | test fine R@1 |")
     print("|---|---|---|---|")
