@@ -295,6 +295,8 @@ def tune_cmd(
         f"wrote {result.best_yaml}, {result.trials_csv}, {result.trials_png}\n"
         f"train it: coins train --config {result.best_yaml} --out RUN"
     )
+    if result.caveat is not None:
+        typer.echo(f"caution: {result.caveat}.", err=True)
 
 
 @app.command("export")

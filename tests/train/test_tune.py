@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from coins.cli import app
 from coins.train.config import TrainConfig, load_config
 from coins.train.metrics_log import read_log
-from coins.train.tune import COARSE_METHODS, tune
+from coins.train.tune import COARSE_METHODS, method_caveat, tune
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -36,6 +36,7 @@ def test_coins_tune_writes_a_best_yaml_that_coins_train_trains(tmp_path) -> None
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output[-3000:]
     assert "coins train --config" in done.output
+    assert "caution: the label-free score chose among several methods" in done.output
     for trial in (search / "trials").iterdir():  # every evaluation of every trial on val
         log = read_log(trial / "metrics.jsonl")
         assert {r["split"] for r in log if "split" in r} == {"val"}
@@ -78,6 +79,17 @@ def test_weak_trials_are_pruned_and_the_best_is_written(tmp_path, monkeypatch) -
     assert all(r["method"] == "maskcon" for r in table if r["state"] == "pruned")
     assert result.best_score == 0.9
     assert yaml.safe_load(result.best_yaml.read_text())["method"] == "coins"
+    # the label-free score compared two methods: the result and best.yaml say so
+    assert result.caveat is not None and "--methods METHOD" in result.caveat
+    assert "# caution: the label-free score chose among several methods" in (
+        result.best_yaml.read_text()
+    )
+
+
+def test_the_caveat_is_only_for_the_label_free_score_across_methods() -> None:
+    assert method_caveat("view_recall@1", ("coins", "maskcon")) is not None
+    assert method_caveat("view_recall@1", ("maskcon",)) is None  # weights of one method
+    assert method_caveat("fine_recall@1", ("coins", "maskcon")) is None  # fine labels decide
 
 
 def test_tune_refuses_what_would_select_on_test_or_cannot_run(tmp_path) -> None:
