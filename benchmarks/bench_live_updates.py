@@ -67,6 +67,19 @@ def build(root: Path, n: int) -> tuple[Path, Path]:
     return model, index_dir
 
 
+def index_copies(root: Path, args: argparse.Namespace, names: list[str]) -> tuple[Path, list[Path]]:
+    """The model and copies of the index (`--index-dir` and `--model`, else `build` of
+    `--gallery` items) in root/NAME, without a writer lock a server may have left."""
+    if args.index_dir is None:
+        model, built = build(root, args.gallery)
+    else:
+        model, built = args.model, args.index_dir
+    copies = [root / name for name in names]
+    for copy in copies:
+        shutil.copytree(built, copy, ignore=shutil.ignore_patterns(".writer.lock"))
+    return model, copies
+
+
 @dataclass
 class Searches:
     """What the searching clients saw: (start, seconds) of each 200, and the failures."""
@@ -228,17 +241,11 @@ def main() -> int:
         parser.error("give both --index-dir and --model, or neither")
     os.environ["COINS_COMPACT_AFTER_RECORDS"] = str(args.compact_after)  # the servers started
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
-        root = Path(tmp)
-        if args.index_dir is None:
-            model, built = build(root, args.gallery)
-        else:
-            model, built = args.model, args.index_dir
-        shutil.copytree(built, root / "a", ignore=shutil.ignore_patterns(".writer.lock"))
-        shutil.copytree(built, root / "b", ignore=shutil.ignore_patterns(".writer.lock"))
+        model, (a, b) = index_copies(Path(tmp), args, ["a", "b"])
         results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count()}
-        results["a"] = live_updates(root / "a", model, args)
-        kills = kill_during_adds(root / "b", model, args.kills, seed=args.seed)
-        loads = SearchIndex.load(root / "b", verify="full")
+        results["a"] = live_updates(a, model, args)
+        kills = kill_during_adds(b, model, args.kills, seed=args.seed)
+        loads = SearchIndex.load(b, verify="full")
         results["b"] = {**kills, "lost": kills["lost"], "loads_ntotal": loads.ntotal}
         results["load_average_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_live_updates import build, search_for
+from bench_live_updates import index_copies, search_for
 
 from coins.serve.client.background import free_port
 from coins.serve.index.store import SearchIndex
@@ -174,13 +174,9 @@ def main() -> int:
         parser.error("nginx not found on PATH (Debian: apt-get install -y nginx)")
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
         root = Path(tmp)
-        if args.index_dir is None:
-            model, built = build(root, args.gallery)
-        else:
-            model, built = args.model, args.index_dir
-        shutil.copytree(built, root / "shared", ignore=shutil.ignore_patterns(".writer.lock"))
+        model, (shared,) = index_copies(root, args, ["shared"])
         results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count()}
-        results.update(run(root / "shared", model, root / "run", args))
+        results.update(run(shared, model, root / "run", args))
         results["load_average_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))
     if args.out is not None:

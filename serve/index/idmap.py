@@ -19,6 +19,7 @@ import numpy as np
 
 from coins.retrieval.atomic import atomic_path
 from coins.serve.index.manifest import IndexLoadError
+from coins.serve.index.tuning import ivf_of
 
 OFFSET_BITS = 32  # an inverted list holds < 2**32 entries
 
@@ -75,7 +76,8 @@ class IdMap:
     def reconstruct(self, index: faiss.Index, ids: np.ndarray) -> np.ndarray:
         """The stored vectors [n, D] of `ids` in `index` (an IVF, or one behind pre-transforms
         such as OPQ, whose rotation is undone as FAISS's own `reconstruct` does)."""
-        ivf: Any = faiss.extract_index_ivf(index)
+        ivf: Any = ivf_of(index)
+        assert ivf is not None, "an id map locates ids in an IVF index"
         list_nos, offsets = self.locate(ids)
         out = np.empty((len(ids), ivf.d), dtype=np.float32)  # in the IVF's space
         for row, (list_no, offset) in enumerate(zip(list_nos, offsets, strict=True)):

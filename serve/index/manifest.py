@@ -28,6 +28,8 @@ from typing import Any, Literal
 from coins.retrieval.atomic import file_sha256, write_json
 
 MANIFEST_NAME = "index.json"
+# The files of one generation G, by role: `ROLE-GGGGGG.SUFFIX` (serve/index/store.py writes them)
+FILE_SUFFIX = {"index": "faiss", "metadata": "sqlite", "lists": "ivfdata", "idmap": "npy"}
 FORMAT_VERSION = 1
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 FAST_BYTES = 2**20  # the fast check hashes this much from each end of a file

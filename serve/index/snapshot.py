@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coins.retrieval.atomic import file_sha256, write_json
-from coins.serve.index.manifest import MANIFEST_NAME, IndexLoadError, IndexManifest
+from coins.serve.index.manifest import FILE_SUFFIX, MANIFEST_NAME, IndexLoadError, IndexManifest
 from coins.serve.index.wal import log_generations, log_path, read_log
 from coins.serve.index.writer_lock import LOCK_NAME, WriterLock
 
@@ -132,8 +132,8 @@ def _clear_index(index_dir: Path) -> None:
         raise FileExistsError(f"{index_dir} holds files but no index; refusing to clear it")
     for path in index_dir.iterdir():
         name = path.name
-        ours = name == MANIFEST_NAME or name.startswith((".index", ".metadata", ".lists", ".idmap"))
-        ours |= name.split("-")[0] in ("index", "metadata", "lists", "idmap", "wal")
+        ours = name == MANIFEST_NAME or name.startswith(tuple(f".{r}" for r in FILE_SUFFIX))
+        ours |= name.split("-")[0] in (*FILE_SUFFIX, "wal")
         if ours and path.is_file():
             path.unlink()
 

@@ -37,6 +37,7 @@ from coins.serve.index.delta import MetadataDelta
 from coins.serve.index.idmap import IdMap
 from coins.serve.index.live import LiveLog, replay
 from coins.serve.index.manifest import (
+    FILE_SUFFIX,
     MANIFEST_NAME,
     FileRecord,
     IndexLoadError,
@@ -63,13 +64,10 @@ __all__ = [
 
 _faiss: Any = faiss  # the bundled faiss stubs lack SearchParameters* keywords and DirectMap
 NORM_TOL = 1e-3  # stored vectors must have |x| within this of 1
-# role -> file suffix
-_SUFFIX = {"index": "faiss", "metadata": "sqlite", "lists": "ivfdata", "idmap": "npy"}
-_GENERATION_FILE = re.compile(r"^(index|metadata|lists|idmap)-(\d{6})\.(faiss|sqlite|ivfdata|npy)$")
+_ROLES, _SUFFIXES = "|".join(FILE_SUFFIX), "|".join(FILE_SUFFIX.values())
+_GENERATION_FILE = re.compile(rf"^({_ROLES})-(\d{{6}})\.({_SUFFIXES})$")
 # what `atomic_path` writes before its rename, e.g. `.index-000007.faiss.k3j9x_q.tmp`
-_GENERATION_TMP = re.compile(
-    r"^\.(index|metadata|lists|idmap)-(\d{6})\.(faiss|sqlite|ivfdata|npy)\..+\.tmp$"
-)
+_GENERATION_TMP = re.compile(rf"^\.({_ROLES})-(\d{{6}})\.({_SUFFIXES})\..+\.tmp$")
 _MANIFEST_TMP = re.compile(r"^\." + re.escape(MANIFEST_NAME) + r"\..+\.tmp$")
 ON_DISK_READ_ONLY = "its inverted lists are on disk (built with --on-disk); rebuild to change it"
 STALE_TMP_SECONDS = 600.0  # a manifest's temporary file older than this is a killed save's
@@ -139,7 +137,7 @@ class SearchIndex:
         given, the hash of the model that made it. `mmap` maps the FAISS file (read-only)."""
         index_dir = Path(index_dir)
         manifest = IndexManifest.load(index_dir)
-        if not {"index", "metadata"} <= set(manifest.files) <= set(_SUFFIX):
+        if not {"index", "metadata"} <= set(manifest.files) <= set(FILE_SUFFIX):
             raise IndexLoadError(
                 f"{index_dir}: manifest files {sorted(manifest.files)}, expected index, "
                 "metadata and, for on-disk inverted lists, lists and idmap"
@@ -556,7 +554,7 @@ def _is_idmap(index: faiss.Index) -> bool:
 
 
 def _file_name(role: str, generation: int) -> str:
-    return f"{role}-{generation:06d}.{_SUFFIX[role]}"
+    return f"{role}-{generation:06d}.{FILE_SUFFIX[role]}"
 
 
 def _last_generation(index_dir: Path) -> int:

@@ -105,10 +105,11 @@ def build_from_source(
     store = new_metadata(out_dir, generation)
     lists = lists_path(out_dir, generation) if on_disk else None
     idmap = idmap_path(out_dir, generation) if on_disk else None
+    blocks = _Blocks(index, lists, idmap) if lists is not None and idmap is not None else None
     # On-disk lists take no adds once merged (FAISS 1.15 corrupts lists it moves to grow them):
     # there every vector goes in, and tuning leaves each query's own id out of its results.
-    leave_one_out = lists is not None
-    gt = _fill(index, embeddings, store, held, xq, xq_ids, lists, idmap, leave_one_out, say)
+    leave_one_out = blocks is not None
+    gt = _fill(index, embeddings, store, held, xq, xq_ids, blocks, say)
     say(f"added {n:,} vectors in {time.perf_counter() - start:.0f} s")
     params: dict[str, int] = {}
     tuning = None
@@ -196,18 +197,17 @@ def _fill(
     held: np.ndarray,
     xq: np.ndarray,
     xq_ids: np.ndarray,
-    lists: Path | None,
-    idmap: Path | None,
-    leave_one_out: bool,
+    blocks: _Blocks | None,
     say: Any,
 ) -> np.ndarray:
-    """Add every vector but the held-out ones (all with `leave_one_out`), chunk by chunk (into
-    block indexes merged on disk into `lists`, located by `idmap`, when both are given), insert
-    all rows, and return the
-    queries' exact top-k ids (without each query's own id with `leave_one_out`)."""
+    """Add the vectors chunk by chunk, insert all rows, and return the queries' exact top-k ids.
+
+    In memory, every vector but the held-out ones goes into `index`. With `blocks` (an on-disk
+    build) every vector goes into block indexes merged on disk at the end, and the top k leave
+    out each query's own id."""
+    leave_one_out = blocks is not None
     k = min(TUNE_K, embeddings.count - len(held))
     top = _TopK(xq, k + 1 if leave_one_out else k)
-    blocks = _Blocks(index, lists, idmap) if lists is not None and idmap is not None else None
     offset = 0
     for chunk in embeddings.chunks():
         ids = np.asarray(chunk.ids, dtype=np.int64)

@@ -4,9 +4,12 @@ split)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from coins.serve.api.settings import ServeSettings
 from coins.serve.client import background
@@ -31,3 +34,9 @@ def start_server(built: Built, *args: str, timeout: float = 60) -> tuple[subproc
 
 stop_server = background.stop_server
 free_port = background.free_port
+
+
+def ready_pids(url: str) -> set[str]:
+    """The processes whose `coins_ready` sample is 1, as /metrics sums them."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return set(re.findall(r'^coins_ready\{pid="(\d+)"\} 1\.0$', text, re.M))

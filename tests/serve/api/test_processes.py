@@ -14,17 +14,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_real import Built, start_server, stop_server
+from serve_real import Built, ready_pids, start_server, stop_server
 
 from coins.serve.api.processes import ProcessesConfigError, check_processes
 
 SEARCHES = 60
-
-
-def ready_pids(url: str) -> set[str]:
-    """The processes whose `coins_ready` sample is 1, as /metrics sums them."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return set(re.findall(r'^coins_ready\{pid="(\d+)"\} 1\.0$', text, re.M))
 
 
 def search_count(url: str) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from serve_real import Built, start_server, stop_server
+from serve_real import Built, ready_pids, start_server, stop_server
 
 NO_TORCH = """
 import sys
@@ -86,8 +86,7 @@ def test_server_processes_map_no_torch(tiny_built: Built) -> None:
         deadline = time.monotonic() + 120
         while len(pids) < 2:  # /readyz answers for whichever process took it
             assert time.monotonic() < deadline, "the second process never became ready"
-            text = httpx.get(f"{url}/metrics", timeout=10).text
-            pids = set(re.findall(r'^coins_ready\{pid="(\d+)"\} 1\.0$', text, re.M))
+            pids = ready_pids(url)
             time.sleep(0.2)
         png = io.BytesIO()
         Image.new("RGB", (40, 30), (200, 10, 90)).save(png, "PNG")

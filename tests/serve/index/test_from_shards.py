@@ -129,7 +129,11 @@ def test_on_disk_lists_build_load_search_and_refuse_changes(two_jobs, tmp_path, 
         np.testing.assert_array_equal(again.search(xq[:3], 5)[1], index.search(xq[:3], 5)[1])
 
 
-@pytest.mark.parametrize("key", ["IVF16,Flat", "OPQ4,IVF16,PQ4x8"])
+# OPQ and PQ train for 6-10 s here: slow (over 5 s), so they run in `make test-slow`
+PQ_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("key", ["IVF16,Flat", pytest.param("OPQ4,IVF16,PQ4x8", marks=PQ_SLOW)])
 def test_on_disk_id_map_finds_what_faiss_own_direct_map_finds(two_jobs, tmp_path, key) -> None:
     import faiss
 
@@ -165,7 +169,9 @@ def test_on_disk_needs_an_ivf(two_jobs, tmp_path) -> None:
         build(two_jobs[0], tmp_path / "x", index_key="flat", on_disk=True)
 
 
-@pytest.mark.parametrize("key", ["flat", "IVF16,Flat", "IVF16,PQ4x8", "hnsw"])
+@pytest.mark.parametrize(
+    "key", ["flat", "IVF16,Flat", pytest.param("IVF16,PQ4x8", marks=PQ_SLOW), "hnsw"]
+)
 def test_mmap_load_searches_as_a_normal_load_and_is_read_only(two_jobs, tmp_path, key) -> None:
     folders, ids, xb, _ = two_jobs
     build(folders, tmp_path / "i", index_key=key, target_recall=0.8)
