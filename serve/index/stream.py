@@ -9,8 +9,8 @@ exact neighbours are merged chunk by chunk (nq x N x D flops: ~1.3e12 for 1,000 
 
 Memory: the index itself (none of its lists with `on_disk`), the training sample, one chunk,
 and the queries' running top k. With `on_disk`, groups of chunks become block indexes in a
-temporary folder beside the output, merged into one `lists-G.ivfdata` file by FAISS's
-`merge_ondisk`; the disk then briefly holds the lists twice.
+temporary folder beside the output, merged one block at a time into one `lists-G.ivfdata` file
+(`merge.merge_blocks`); the disk then briefly holds the lists twice.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from coins.serve.index.choice import choose_index, train_size
 from coins.serve.index.gpu import train_on_gpu
 from coins.serve.index.idmap import build_id_map, write_id_map
 from coins.serve.index.manifest import IndexManifest, gallery_roots, library_versions, now_utc
+from coins.serve.index.merge import list_sizes, merge_blocks
 from coins.serve.index.metadata import MetadataStore
 from coins.serve.index.store import (
     SearchIndex,
@@ -271,6 +272,7 @@ class _Blocks:
         ivf.set_direct_map_type(_faiss.DirectMap.NoMap)
         self.folder = Path(tempfile.mkdtemp(prefix=".blocks-", dir=lists.parent))
         self.files: list[str] = []
+        self.sizes: list[np.ndarray] = []  # each block's list sizes
         self.block: faiss.Index | None = None
 
     def current(self) -> faiss.Index:
@@ -283,15 +285,14 @@ class _Blocks:
             path = self.folder / f"block-{len(self.files):04d}.faiss"
             faiss.write_index(self.block, str(path))
             self.files.append(str(path))
+            self.sizes.append(list_sizes(self.block))
             self.block = None
 
     def merge(self) -> None:
         """Merge the blocks into `lists`, swap them into the index, write their id map."""
-        from faiss.contrib.ondisk import merge_ondisk
-
         self.maybe_flush(force=True)
         try:
-            merge_ondisk(self.index, self.files, str(self.lists))
+            merge_blocks(self.index, self.files, self.sizes, self.lists)
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
         ivf = ivf_of(self.index)

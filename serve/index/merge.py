@@ -1,0 +1,92 @@
+"""Merge block indexes into one on-disk inverted-list file, holding one block at a time.
+
+An on-disk build (`stream._Blocks`) fills block indexes of up to `BLOCK_VECTORS` vectors and
+merges them into the `lists-G.ivfdata` file that `OnDiskInvertedLists` maps. FAISS's own
+`merge_ondisk` maps every block and the output and copies through the mappings; every page it
+reads or writes stays resident in the building process until the end, which put the build's
+peak RSS at 2.1x the index. `merge_blocks` writes the same file (the layout of FAISS's
+`merge_from_multiple`: list j at the sum of the earlier lists' sizes times (code_size + 8)
+bytes, its codes then its ids, capacity equal to size) but reads one block into memory at a
+time and writes its lists with `os.pwrite`: written pages belong to the page cache, not to the
+process, and each block is freed before the next is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from coins.serve.index.tuning import ivf_of
+
+ID_BYTES = 8  # FAISS idx_t
+_faiss: Any = faiss  # the bundled stubs lack rev_swig_ptr and OnDiskInvertedLists' methods
+
+
+def list_sizes(index: faiss.Index) -> np.ndarray:
+    """The number of entries of each inverted list of an IVF index, [nlist] uint64."""
+    invlists = _ivf(index).invlists
+    return np.fromiter(
+        (invlists.list_size(j) for j in range(invlists.nlist)), np.uint64, invlists.nlist
+    )
+
+
+def merge_blocks(
+    index: faiss.Index, blocks: Sequence[str | Path], sizes: Sequence[np.ndarray], lists: Path
+) -> None:
+    """Write the lists of the block index files `blocks` (their `list_sizes` in `sizes`) into
+    `lists` and make them the inverted lists of the empty trained `index`, in block order
+    within each list, as `faiss.contrib.ondisk.merge_ondisk` would."""
+    ivf = _ivf(index)
+    if index.ntotal:
+        raise ValueError(f"merge_blocks needs an empty index, this one holds {index.ntotal:,}")
+    if len(blocks) != len(sizes):
+        raise ValueError(f"{len(blocks)} block files but {len(sizes)} lists of list sizes")
+    nlist, code_size = ivf.nlist, ivf.code_size
+    total = np.zeros(nlist, np.uint64)  # [nlist] entries of each merged list
+    for counts in sizes:
+        total += counts
+    ends = np.cumsum(total.astype(np.int64) * (code_size + ID_BYTES))
+    starts = np.concatenate([np.zeros(1, np.int64), ends])  # [nlist + 1]: the last is the size
+    invlists = _faiss.OnDiskInvertedLists(nlist, code_size, str(lists))
+    invlists.update_totsize(max(int(starts[-1]), 1))  # creates the file, sparse, and maps it
+    invlists.set_all_lists_sizes(_faiss.swig_ptr(total))
+    filled = np.zeros(nlist, np.int64)
+    fd = os.open(lists, os.O_WRONLY)
+    try:
+        for path, counts in zip(blocks, sizes, strict=True):
+            block = faiss.read_index(str(path))  # in memory, freed at the next read
+            source = _ivf(block).invlists
+            for j in np.flatnonzero(counts):
+                n = int(counts[j])
+                codes = _faiss.rev_swig_ptr(source.get_codes(int(j)), n * code_size)
+                ids = _faiss.rev_swig_ptr(source.get_ids(int(j)), n)
+                at = int(starts[j])
+                _write(fd, codes, at + int(filled[j]) * code_size)
+                _write(fd, ids, at + int(total[j]) * code_size + int(filled[j]) * ID_BYTES)
+                filled[j] += n
+            del block, source
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    ivf.replace_invlists(invlists, True)
+    invlists.this.disown()  # the index owns it now
+    index.ntotal = ivf.ntotal = int(total.sum())
+
+
+def _write(fd: int, data: np.ndarray, offset: int) -> None:
+    view = np.ascontiguousarray(data).data.cast("B")
+    while len(view):
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
+def _ivf(index: faiss.Index) -> Any:
+    ivf = ivf_of(index)
+    if ivf is None:
+        raise ValueError(f"on-disk inverted lists need an IVF index, not {type(index).__name__}")
+    return ivf
