@@ -77,6 +77,7 @@ class CoInsModel(nn.Module):
         generator: torch.Generator,
         instance_on: bool = True,
         proxy_on: bool = False,
+        cos_scale: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One training step's loss and its parts; updates the key encoder, queue and bank."""
         cfg = self.cfg
@@ -99,7 +100,7 @@ class CoInsModel(nn.Module):
             parts["proxy"] = proxy_loss(
                 q, self.proxies.proxies, self.proxies.pseudo[index], cfg.T_p
             )
-        loss = sum(self._weight(name) * value for name, value in parts.items())
+        loss = sum(self._weight(name, cos_scale) * value for name, value in parts.items())
         assert isinstance(loss, torch.Tensor), f"{cfg.method}: no loss term is active"
         return loss, {name: float(v.detach()) for name, v in parts.items()}
 
@@ -121,9 +122,9 @@ class CoInsModel(nn.Module):
             logits = instance_logits(q, k, queue, cfg.T)  # Nx(1+K)
         return {"ins": info_nce(logits)}
 
-    def _weight(self, part: str) -> float:
+    def _weight(self, part: str, cos_scale: float) -> float:
         if part == "cos":
-            return self.method.cos_weight(self.cfg.alpha)
+            return self.method.cos_weight(self.cfg.alpha * cos_scale)
         if part == "proxy":
             return self.cfg.lambda_p
         return 1.0

@@ -51,6 +51,8 @@ class TrainConfig:
     # losses
     alpha: float = 0.5  # weight of L_cos in coins / coins-imp / coinsp
     cos_warmup_epochs: int = 0  # epochs of L_cos alone before the instance loss joins
+    # constant, or cosine: alpha falls to 0 by the last epoch once the instance loss has joined
+    alpha_schedule: str = "constant"
     peer_w: float = 0.5  # grafit / maskcon mixing weight w
     maskcon_T0: float = 0.1  # maskcon: temperature of the contrastive logits
     maskcon_T: float = 0.05  # maskcon: temperature of the soft target
@@ -85,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer {self.optimizer!r}: expected sgd or adamw")
+        if self.alpha_schedule not in ("constant", "cosine"):
+            raise ValueError(f"alpha_schedule {self.alpha_schedule!r}: expected constant or cosine")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule {self.schedule!r}: expected cosine or step")
         if self.batch_size < 2:

@@ -36,7 +36,7 @@ from .builder import CoInsModel
 from .config import TrainConfig
 from .methods import METHODS
 from .metrics_log import MetricsLog
-from .schedule import lr_at
+from .schedule import alpha_scale, lr_at
 from .selection import selection_score
 
 LAST = "last.pt"  # checkpoint written every `checkpoint_every` epochs; --resume reads it
@@ -396,6 +396,7 @@ def _epoch(
                 index.to(device),
                 generator,
                 instance_on=epoch >= cfg.cos_warmup_epochs,
+                cos_scale=alpha_scale(cfg, epoch),
                 proxy_on=proxy_on,
             )
         if not torch.isfinite(loss):

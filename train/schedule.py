@@ -1,4 +1,5 @@
-"""Learning rate per step: linear warm-up, then cosine decay or step decay (/10 at given epochs)."""
+"""Schedules: the learning rate per step (linear warm-up, then cosine decay or step decay, /10
+at given epochs) and the weight of L_cos per epoch (constant, or cosine decay to 0)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,15 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     span = max(1e-8, cfg.epochs - cfg.warmup_epochs)
     progress = min(1.0, (epoch - cfg.warmup_epochs) / span)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def alpha_scale(cfg: TrainConfig, epoch: int) -> float:
+    """The factor on alpha in epoch `epoch` (0-based): 1 while L_cos is alone (cos warm-up) and
+    throughout with a constant schedule; with `cosine`, from 1 when the instance loss joins down
+    to 0 at the end, so the coarse term shapes the early embedding and leaves the late one to
+    the instance term."""
+    if cfg.alpha_schedule == "constant" or epoch < cfg.cos_warmup_epochs:
+        return 1.0
+    span = max(1, cfg.epochs - cfg.cos_warmup_epochs)
+    progress = (epoch - cfg.cos_warmup_epochs) / span
+    return 0.5 * (1.0 + math.cos(math.pi * progress))

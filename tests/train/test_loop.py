@@ -9,7 +9,7 @@ from train_fixtures import tiny_config
 from coins.retrieval.checkpoint import load_checkpoint, load_embedder
 from coins.train import METHODS, TrainingDiverged, load_config, train
 from coins.train.metrics_log import read_log
-from coins.train.schedule import lr_at
+from coins.train.schedule import alpha_scale, lr_at
 
 METRIC_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "knn_acc"}
 
@@ -100,3 +100,15 @@ def test_schedule_warms_up_then_decays() -> None:
     assert all(a >= b for a, b in itertools.pairwise(lrs[20:]))
     step = tiny_config(epochs=10, schedule="step", lr_steps=[5, 8], lr=1.0)
     assert [lr_at(step, e * 10, 10) for e in (0, 5, 8)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_alpha_schedule_holds_through_the_cos_warm_up_then_falls_to_zero() -> None:
+    flat = tiny_config(epochs=10, cos_warmup_epochs=2)
+    assert [alpha_scale(flat, e) for e in range(10)] == [1.0] * 10
+    cfg = tiny_config(epochs=10, cos_warmup_epochs=2, alpha_schedule="cosine")
+    scales = [alpha_scale(cfg, e) for e in range(10)]
+    assert scales[:3] == [1.0, 1.0, 1.0]  # alone, then at full weight when L_ins joins
+    assert scales[6] == pytest.approx(0.5) and 0 < scales[9] < 0.05
+    assert all(a > b for a, b in itertools.pairwise(scales[2:]))
+    with pytest.raises(ValueError, match="expected constant or cosine"):
+        tiny_config(alpha_schedule="linear")

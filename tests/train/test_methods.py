@@ -62,7 +62,9 @@ def test_the_table_holds_the_methods_of_the_paper() -> None:
         assert ("fine" in method.labels) == (name == "opt")
 
 
-def one_step(method: str, **options: object) -> tuple[CoInsModel, torch.Tensor, dict[str, float]]:
+def one_step(
+    method: str, cos_scale: float = 1.0, **options: object
+) -> tuple[CoInsModel, torch.Tensor, dict[str, float]]:
     cfg = tiny_config(method=method, alpha=ALPHA, **options)
     torch.manual_seed(0)
     model = CoInsModel(cfg, 8 if method == "opt" else 4, np.repeat(np.arange(4), 16))
@@ -72,7 +74,8 @@ def one_step(method: str, **options: object) -> tuple[CoInsModel, torch.Tensor, 
     coarse = torch.arange(16) % 4
     fine, index = torch.arange(16) % 8, torch.arange(16)
     im_k = k if METHODS[method].key_encoder else None
-    loss, parts = model(x, im_k, coarse, fine, index, torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    loss, parts = model(x, im_k, coarse, fine, index, generator, cos_scale=cos_scale)
     return model, loss, parts
 
 
@@ -84,6 +87,14 @@ def test_each_method_builds_its_parts_and_weighs_its_losses(method: str) -> None
     assert (model.proxies is not None) == (method == "coinsp")
     assert set(parts) == old_parts(method)
     expected = sum(old_cos_weight(method) * v if n == "cos" else v for n, v in parts.items())
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["coins", "coins-soft", "cos"])
+def test_the_alpha_schedule_scales_l_cos_only_beside_a_loss_over_keys(method: str) -> None:
+    _, loss, parts = one_step(method, cos_scale=0.25)
+    weight = ALPHA * 0.25 if METHODS[method].key_encoder else 1.0  # cos alone: always in full
+    expected = sum(weight * v if n == "cos" else v for n, v in parts.items())
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
