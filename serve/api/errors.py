@@ -11,11 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 log = logging.getLogger("coins.serve")
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-BODY_MODELS: list[type[BaseModel]] = []  # bodies read by routes themselves, for the OpenAPI
+# RFC 9110's methods and PATCH: those a route of the app may answer, asked of each on a 405
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+BODY_MODELS: list[type[BaseModel]] = []  # JSON that routes parse themselves, for the OpenAPI
 
 
 class ApiError(Exception):
@@ -58,6 +61,18 @@ def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
+def json_list_field_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`json_schema_extra` of a form field holding a JSON list of `model`, which its route
+    parses itself (`parse_json_field`): the field stays a string, its content is described
+    (its schema is added to the components by `add_body_schemas`)."""
+    BODY_MODELS.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "contentMediaType": "application/json",
+        "contentSchema": {"type": "array", "items": ref},
+    }
+
+
 def add_body_schemas(schema: dict[str, Any]) -> dict[str, Any]:
     """Put the schemas of the JSON bodies routes read themselves into an OpenAPI document."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
@@ -85,6 +100,23 @@ def _validation_message(error: RequestValidationError) -> str:
     return _summary(error.errors())
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers at the request's path, for the `Allow` of a
+    405 (RFC 9110 15.5.6). Starlette answers it from the first route matching the path, with
+    that route's methods only: GET /v1/items would hide the POST and DELETE of another router.
+    Each method is tried on every route (FastAPI nests included routers, so a route's
+    `methods` are not all at the top). Mounts are left out: one matches its whole prefix for
+    any method, and the app under it (static files) gives its own `Allow`."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    return [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """JSON errors for ApiError, HTTPException, validation errors and anything unexpected."""
 
@@ -93,9 +125,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = error_response(exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            response.headers["Allow"] = ", ".join(allowed)
         return response
 
     @app.exception_handler(RequestValidationError)

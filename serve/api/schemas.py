@@ -30,10 +30,31 @@ class Filter(BaseModel):
     ids: list[ItemId] | None = Field(default=None, description="Item ids to keep.")
 
 
+def _exactly_one_given(*names: str) -> dict[str, Any]:
+    """JSON schema of `SearchRequest._one_kind`: one of `names` is a non-empty array, every other
+    one absent or null. An explicit null counts as absent, in the server as here: links and
+    clients turn a query by vectors into one by ids by sending `"vectors": null`."""
+    return {
+        "oneOf": [
+            {
+                "required": [given],
+                "properties": {
+                    name: {"type": "array", "minItems": 1} if name == given else {"type": "null"}
+                    for name in names
+                },
+            }
+            for given in names
+        ]
+    }
+
+
 class SearchRequest(BaseModel):
     """Queries as `vectors` (one per row) or as stored `ids` (the item itself is never returned)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the model validator below, published: a document without it admits `{}` and both kinds
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=_exactly_one_given("vectors", "ids")
+    )
 
     vectors: list[Vector] | None = Field(default=None, max_length=MAX_BATCH)
     ids: list[ItemId] | None = Field(default=None, max_length=MAX_BATCH)
@@ -43,6 +64,7 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchRequest:
+        """Exactly one kind of query, not empty; `_exactly_one_given` says the same in JSON."""
         if (self.vectors is None) == (self.ids is None):
             raise ValueError("give exactly one of `vectors` and `ids`")
         if not (self.vectors or self.ids):
@@ -94,6 +116,9 @@ class EmbedResponse(BaseModel):
 
 
 class NewItem(BaseModel):
+    """An item to add and its metadata; in the JSON `items` field of /v1/items/images, whose
+    uploaded images give the vectors."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: ItemId
@@ -104,10 +129,25 @@ class NewItem(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class NewVectorItem(NewItem):
+    """An item added by its vector (POST /v1/items): there `vector` is required, and the
+    document says so."""
+
+    vector: Vector = Field(description="The item's embedding (normalised by the server).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vector_given(cls, data: Any) -> Any:
+        """A missing or null vector refused with where to send images instead."""
+        if isinstance(data, dict) and data.get("vector") is None:
+            raise ValueError("every item needs a `vector` here; upload images to /v1/items/images")
+        return data
+
+
 class AddItemsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[NewItem] = Field(min_length=1, max_length=MAX_BATCH)
+    items: list[NewVectorItem] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class DeleteItemsRequest(BaseModel):

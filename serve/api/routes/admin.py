@@ -13,6 +13,7 @@ rewritten, and a crash after the 200 loses nothing. A log past `compact_after_re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -29,7 +30,13 @@ from coins.serve.api.deps import (
     manifest_dict,
     summarize,
 )
-from coins.serve.api.errors import ApiError, json_body_schema, parse_json_body, parse_json_field
+from coins.serve.api.errors import (
+    ApiError,
+    json_body_schema,
+    json_list_field_schema,
+    parse_json_body,
+    parse_json_field,
+)
 from coins.serve.api.limits import read_body
 from coins.serve.api.loading import reload_index
 from coins.serve.api.schemas import (
@@ -54,13 +61,16 @@ router = APIRouter(
 )
 
 _ITEMS = TypeAdapter(list[NewItem])
+# the form field of /v1/items/images is JSON text; its content is a list of NewItem (vector
+# omitted: the images give them), where POST /v1/items takes NewVectorItem (vector required)
+_ITEMS_FIELD = json_list_field_schema(NewItem)
 
 
 def _text(label: str | int | None) -> str | None:
     return None if label is None else str(label)
 
 
-def _check_new(items: list[NewItem], settings: ServeSettings) -> np.ndarray:
+def _check_new(items: Sequence[NewItem], settings: ServeSettings) -> np.ndarray:
     if len(items) > settings.max_items_add:
         raise ApiError(
             413, f"{len(items)} items is more than the limit of {settings.max_items_add}"
@@ -71,7 +81,9 @@ def _check_new(items: list[NewItem], settings: ServeSettings) -> np.ndarray:
     return ids
 
 
-def _add(state: ServiceState, settings: ServeSettings, items: list[NewItem], xb: np.ndarray) -> int:
+def _add(
+    state: ServiceState, settings: ServeSettings, items: Sequence[NewItem], xb: np.ndarray
+) -> int:
     ids = np.asarray([it.id for it in items], dtype=np.int64)
     rows: list[dict[str, Any]] = [
         {
@@ -108,7 +120,7 @@ def _compact_if_due(state: ServiceState, settings: ServeSettings, index: Index) 
         state.compact_in_background(index)
 
 
-def _check_paths(items: list[NewItem], index: Index, settings: ServeSettings) -> None:
+def _check_paths(items: Sequence[NewItem], index: Index, settings: ServeSettings) -> None:
     """422 unless every item's image path lies inside a gallery folder of `index`: the
     thumbnail route would otherwise show any image file the server can read."""
     folders = ImageFolders.of(manifest_dict(index.manifest), settings.image_roots)
@@ -131,9 +143,7 @@ async def add_items(request: Request, state: ReadyDep, settings: SettingsDep) ->
     what = f"adding items ({settings.max_items_add} items of dimension {index.dim})"
     raw = await read_body(request, settings.max_add_bytes(index.dim), what)
     body = parse_json_body(AddItemsRequest, raw)
-    _check_new(body.items, settings)
-    if any(it.vector is None for it in body.items):
-        raise ApiError(422, "every item needs a `vector` here; upload images to /v1/items/images")
+    _check_new(body.items, settings)  # each has a vector: NewVectorItem requires one
     try:
         with np.errstate(over="ignore"):  # overflow gives inf, refused by normalise
             xb = np.asarray([it.vector for it in body.items], dtype=np.float32)
@@ -147,7 +157,13 @@ async def add_items(request: Request, state: ReadyDep, settings: SettingsDep) ->
 @router.post("/items/images", response_model=ItemsChanged)
 async def add_item_images(
     images: ImagesForm,
-    items: Annotated[str, Form(description="JSON list of item metadata, one per image.")],
+    items: Annotated[
+        str,
+        Form(
+            description="JSON list of item metadata, one per image.",
+            json_schema_extra=_ITEMS_FIELD,
+        ),
+    ],
     request: Request,
     state: ReadyDep,
     settings: SettingsDep,

@@ -110,20 +110,14 @@ def test_int64_ids_are_bounded_exactly() -> None:
     assert set(bounds) == {exact}, bounds
 
 
-# ---- where the document and the server disagree (none is a 5xx) ---------------------------
+# ---- where the document and the server once disagreed (none was a 5xx) --------------------
 # Found by `benchmarks/fuzz_serve.py --strict`: each row is the smallest request it reported, or
-# the same finding on another route. They fail today and are marked xfail with their reason, not
-# strict: each passes once the app's document or the server is fixed (pytest -rX lists those),
-# and its marker should then go. Requests follow the app's own document, not SERVED.
+# the same finding on another route. Each was marked xfail until the app was fixed; a request
+# the document used to admit and the server refused now sits with those the document refuses.
+# Requests follow the app's own document, not SERVED.
 
 ADMIN = {"X-API-Key": KEY}
 PLAIN = load_schema(DOCUMENT)
-ONE_QUERY = "SearchRequest's rule (exactly one of `vectors` and `ids`, not empty; a pydantic "
-ONE_QUERY += "model validator) is not in the document: it could be published as a oneOf"
-
-
-def xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(reason=reason, raises=AssertionError, strict=False)
 
 
 def document_accepts(method: str, path: str, body: object) -> bool:
@@ -143,12 +137,6 @@ def send(app, operation: str, path: str, **case):
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        pytest.param("POST", "/v1/search", {}, marks=xfail(ONE_QUERY), id="search-nothing"),
-        pytest.param("POST", "/v1/search", {"vectors": [[1.0] * DIM], "ids": [100]},
-                     marks=xfail(ONE_QUERY), id="search-both-kinds"),
-        pytest.param("POST", "/v1/items", {"items": [{"id": 0}]}, id="add-without-vector",
-                     marks=xfail("NewItem.vector is optional in the document (images carry "
-                                 "none) but POST /v1/items needs it: a NewVectorItem schema")),
         pytest.param("POST", "/v1/search", {"ids": [100], "k": 3.0}, id="integral-float-k"),
     ],
 )  # fmt: skip
@@ -168,6 +156,12 @@ def test_what_the_document_accepts_is_not_refused_as_invalid(app, method, path, 
         pytest.param("POST", "/v1/items", {"items": [{"id": "7", "vector": [1.0] * DIM}]},
                      id="add-text-id"),
         pytest.param("POST", "/v1/search", {"ids": [100], "k": 0}, id="k-zero"),
+        # SearchRequest's model validator (exactly one of `vectors` and `ids`, not empty) is
+        # published as a oneOf; POST /v1/items takes NewVectorItem, `vector` required
+        pytest.param("POST", "/v1/search", {}, id="search-nothing"),
+        pytest.param("POST", "/v1/search", {"vectors": [[1.0] * DIM], "ids": [100]},
+                     id="search-both-kinds"),
+        pytest.param("POST", "/v1/items", {"items": [{"id": 0}]}, id="add-without-vector"),
     ],
 )  # fmt: skip
 def test_what_the_document_refuses_is_refused(app, method, path, body) -> None:
@@ -204,12 +198,6 @@ def test_every_status_a_route_answers_is_documented(app, method, path, case) -> 
 
 
 @pytest.mark.parametrize("gallery", ["flat"], indirect=True)
-@pytest.mark.xfail(
-    reason="Starlette answers 405 from the first route matching the path (GET /v1/items, in "
-    "routes/items.py), so `Allow` omits the POST and DELETE of routes/admin.py (RFC 9110 15.5.6)",
-    raises=AssertionError,
-    strict=False,
-)
 def test_405_allows_every_method_of_the_path(app) -> None:
     response = send(app, "GET", "/v1/items", method="PUT")
     assert response.status_code == 405
