@@ -64,14 +64,17 @@ def test_a_follower_serves_a_new_generation_with_no_failed_search(tiny_built, tm
             while client.get("/v1/index").json()["ntotal"] != before["ntotal"] + 1:
                 assert time.monotonic() - committed < 30 * INTERVAL_S, "not followed in time"
                 time.sleep(INTERVAL_S / 4)
-            time.sleep(3 * INTERVAL_S)  # searches go on on the new index too
+            swapped = searches
+            while searches < swapped + 5:  # searches go on on the new index too (however slow)
+                assert time.monotonic() - committed < 300 * INTERVAL_S, "searches stopped"
+                time.sleep(INTERVAL_S / 4)
         finally:
             stop.set()
             searcher.join()
         top = client.post("/v1/search", json={"vectors": xq.tolist(), "k": 1}).json()
     assert state.index.manifest.generation == generation + 1
     assert top["results"][0]["neighbors"][0]["id"] == NEW_ID
-    assert failures == [] and searches > 10
+    assert failures == []
 
 
 def test_a_failed_load_keeps_serving_and_the_next_generation_is_followed(
@@ -91,8 +94,11 @@ def test_a_failed_load_keeps_serving_and_the_next_generation_is_followed(
         broken["generation"] = served + 100
         broken["files"]["index"]["name"] = "index-missing.faiss"
         manifest.write_text(json.dumps(broken))  # a new generation whose file is missing
-        time.sleep(5 * INTERVAL_S)
-        assert f"generation {served + 100} not loaded, still serving {served}" in caplog.text
+        refused = f"generation {served + 100} not loaded, still serving {served}"
+        deadline = time.monotonic() + 300 * INTERVAL_S  # polls every interval; slow when loaded
+        while refused not in caplog.text:
+            assert time.monotonic() < deadline, "the broken generation was never tried"
+            time.sleep(INTERVAL_S / 4)
         assert app.state.service.index.manifest.generation == served
         probe = np.eye(1, app.state.service.index.dim).tolist()  # [1, D]
         assert client.post("/v1/search", json={"vectors": probe, "k": 1}).status_code == 200
