@@ -15,14 +15,7 @@ import faiss
 import numpy as np
 
 from coins.serve.index.choice import choose_index, train_size
-from coins.serve.index.manifest import (
-    IndexManifest,
-    Tuning,
-    Verify,
-    gallery_roots,
-    library_versions,
-    now_utc,
-)
+from coins.serve.index.manifest import Tuning, Verify, gallery_roots, new_manifest
 from coins.serve.index.store import (
     IndexUpdateError,
     SearchIndex,
@@ -70,23 +63,16 @@ def build_index(
     rng = np.random.default_rng(seed)
     _train(index, key, xb, rng)
     params, tuning = _add_and_tune(index, ids, xb, rng, tune_queries, target_recall)
-    manifest = IndexManifest(
-        dim=d,
-        index_key=key,
-        count=n,
-        files={},
-        requested_key=index_key,
-        choice_reason=choice.reason,
-        index_params=params,
-        tuning=tuning,
+    manifest = new_manifest(
+        (key, n, d),
+        (index_key, choice.reason),
+        (params, tuning),
+        source,
         model_sha256=model_sha256,
         preprocess=preprocess,
-        source=source or {},
         id_scheme=(source or {}).get("id_scheme"),
         roots=gallery_roots(source or {}, rows),
         classes=classes or class_lists(rows),
-        created=now_utc(),
-        versions=library_versions(),
     )
     return SearchIndex.create(index, rows, manifest, out_dir, overwrite=overwrite)
 

@@ -29,7 +29,7 @@ from coins.retrieval.knn import nearest
 from coins.serve.index.choice import choose_index, train_size
 from coins.serve.index.gpu import train_on_gpu
 from coins.serve.index.idmap import build_id_map, write_id_map
-from coins.serve.index.manifest import IndexManifest, gallery_roots, library_versions, now_utc
+from coins.serve.index.manifest import gallery_roots, new_manifest
 from coins.serve.index.merge import list_sizes, merge_blocks
 from coins.serve.index.metadata import MetadataStore
 from coins.serve.index.store import (
@@ -120,23 +120,16 @@ def build_from_source(
         if not leave_one_out:
             index.add_with_ids(xq, xq_ids)  # the queries join last (see build._add_and_tune)
     info = embeddings.info
-    manifest = IndexManifest(
-        dim=d,
-        index_key=key,
-        count=n,
-        files={},
-        requested_key=index_key,
-        choice_reason=choice.reason,
-        index_params=params,
-        tuning=tuning,
+    manifest = new_manifest(
+        (key, n, d),
+        (index_key, choice.reason),
+        (params, tuning),
+        source,
         model_sha256=embeddings.model_sha256,
         preprocess=info.get("preprocess"),
-        source=source or {},
         id_scheme=info.get("id_scheme"),
         roots=gallery_roots(source or {}),
         classes=store.class_names(),
-        created=now_utc(),
-        versions=library_versions(),
     )
     return SearchIndex.commit_new(index, store, manifest, out_dir, generation, lists, idmap)
 
