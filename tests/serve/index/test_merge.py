@@ -19,7 +19,7 @@ def blocks(key: str, tmp: Path, sizes: tuple[int, ...]) -> tuple[faiss.Index, li
     """A trained empty index of `key` and block files of `sizes` random vectors (one empty)."""
     rng = np.random.default_rng(0)
     trained = faiss.index_factory(D, key, faiss.METRIC_INNER_PRODUCT)
-    trained.train(rng.standard_normal((2000, D)).astype(np.float32))
+    trained.train(rng.standard_normal((1000, D)).astype(np.float32))
     files, counts, first = [], [], 0
     for b, n in enumerate(sizes):
         block = faiss.clone_index(trained)
