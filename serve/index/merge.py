@@ -6,9 +6,11 @@ merges them into the `lists-G.ivfdata` file that `OnDiskInvertedLists` maps. FAI
 reads or writes stays resident in the building process until the end, which put the build's
 peak RSS at 2.1x the index. `merge_blocks` writes the same file (the layout of FAISS's
 `merge_from_multiple`: list j at the sum of the earlier lists' sizes times (code_size + 8)
-bytes, its codes then its ids, capacity equal to size) but reads one block into memory at a
-time and writes its lists with `os.pwrite`: written pages belong to the page cache, not to the
-process, and each block is freed before the next is read.
+bytes, its codes then its ids, capacity equal to size) but maps one block at a time and
+writes its lists with `os.pwrite`: written pages belong to the page cache, not to the process,
+and each block is unmapped before the next is mapped. `benchmarks/bench_merge.py` measures
+both merges: peak RSS one block (~190 MB) against twice the lists, at about 3x the time of
+FAISS's (1.5 s against 0.45 s per million 128-d vectors: a few % of a build).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def merge_blocks(
     fd = os.open(lists, os.O_WRONLY)
     try:
         for path, counts in zip(blocks, sizes, strict=True):
-            block = faiss.read_index(str(path))  # in memory, freed at the next read
+            block = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)  # unmapped at the next
             source = _ivf(block).invlists
             for j in np.flatnonzero(counts):
                 n = int(counts[j])
