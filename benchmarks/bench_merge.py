@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -22,35 +23,31 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from coins.serve.index.merge import list_sizes, merge_blocks
+from coins.serve.index.merge import merge_blocks
 
 
-def prepare(out: Path, nlist: int) -> Path:
+def prepare(out: Path, nlist: int) -> None:
+    """Train, fill the block indexes as an on-disk build does (`stream._Blocks`), and keep
+    them in OUT/merge-bench with the trained index and their list sizes."""
     from coins.retrieval.shards import open_embeddings  # here: the merge processes stay small
-    from coins.serve.index.stream import BLOCK_VECTORS
+    from coins.serve.index.stream import _Blocks
 
     work = out / "merge-bench"
-    work.mkdir(exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     embeddings = open_embeddings(sorted(out.glob("shard-*")))
     index = faiss.index_factory(embeddings.dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     index.train(embeddings.sample(min(embeddings.count, 64 * nlist), 0))
+    blocks = _Blocks(index, work / "unused.ivfdata", work / "unused.npy")  # never merged here
     faiss.write_index(index, str(work / "trained.faiss"))
-    sizes, block, count = [], faiss.clone_index(index), 0
     for chunk in embeddings.chunks():
-        block.add_with_ids(np.asarray(chunk.vectors, np.float32), np.asarray(chunk.ids))
-        if block.ntotal >= BLOCK_VECTORS:
-            count = _flush(block, work, count, sizes)
-            block = faiss.clone_index(index)
-    if block.ntotal:
-        _flush(block, work, count, sizes)
-    np.save(work / "sizes.npy", np.stack(sizes))
-    return work
-
-
-def _flush(block: faiss.Index, work: Path, count: int, sizes: list[np.ndarray]) -> int:
-    faiss.write_index(block, str(work / f"block-{count:04d}.faiss"))
-    sizes.append(list_sizes(block))
-    return count + 1
+        blocks.current().add_with_ids(np.asarray(chunk.vectors, np.float32), np.asarray(chunk.ids))
+        blocks.maybe_flush()
+    blocks.maybe_flush(force=True)
+    for b, path in enumerate(blocks.files):
+        Path(path).rename(work / f"block-{b:04d}.faiss")
+    Path(blocks.folder).rmdir()
+    np.save(work / "sizes.npy", np.stack(blocks.sizes))
 
 
 def merge(work: Path, how: str) -> dict[str, float]:

@@ -64,10 +64,14 @@ def build_index(
     _train(index, key, xb, rng)
     params, tuning = _add_and_tune(index, ids, xb, rng, tune_queries, target_recall)
     manifest = new_manifest(
-        (key, n, d),
-        (index_key, choice.reason),
-        (params, tuning),
         source,
+        dim=d,
+        index_key=key,
+        count=n,
+        requested_key=index_key,
+        choice_reason=choice.reason,
+        index_params=params,
+        tuning=tuning,
         model_sha256=model_sha256,
         preprocess=preprocess,
         id_scheme=(source or {}).get("id_scheme"),

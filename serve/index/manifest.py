@@ -230,30 +230,9 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def new_manifest(
-    built: tuple[str, int, int],
-    requested: tuple[str, str],
-    tuned: tuple[dict[str, int], Tuning | None],
-    source: dict[str, Any] | None,
-    **described: Any,
-) -> IndexManifest:
-    """The manifest of a new build, before the store records its files: `built` (the FAISS
-    key, the count, the dimension), `requested` (the asked-for key, why the built one was
-    chosen), `tuned` (the tuned parameters and the report), the `source` it was built from, the
-    time, the library versions, and the other fields `described` (model, preprocess, id scheme,
-    roots, classes)."""
-    (key, count, dim), (asked, reason), (params, tuning) = built, requested, tuned
+def new_manifest(source: dict[str, Any] | None, **fields: Any) -> IndexManifest:
+    """The manifest of a new build from `source`, before the store records its files: the
+    other `fields` as given, stamped with the time and the library versions."""
     return IndexManifest(
-        dim=dim,
-        index_key=key,
-        count=count,
-        files={},
-        requested_key=asked,
-        choice_reason=reason,
-        index_params=params,
-        tuning=tuning,
-        source=source or {},
-        created=now_utc(),
-        versions=library_versions(),
-        **described,
+        files={}, source=source or {}, created=now_utc(), versions=library_versions(), **fields
     )

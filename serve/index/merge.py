@@ -49,27 +49,25 @@ def merge_blocks(
     if len(blocks) != len(sizes):
         raise ValueError(f"{len(blocks)} block files but {len(sizes)} lists of list sizes")
     nlist, code_size = ivf.nlist, ivf.code_size
-    total = np.zeros(nlist, np.uint64)  # [nlist] entries of each merged list
-    for counts in sizes:
-        total += counts
-    ends = np.cumsum(total.astype(np.int64) * (code_size + ID_BYTES))
-    starts = np.concatenate([np.zeros(1, np.int64), ends])  # [nlist + 1]: the last is the size
+    total = np.sum(sizes, axis=0, dtype=np.int64) if len(sizes) else np.zeros(nlist, np.int64)
+    span = total * (code_size + ID_BYTES)  # [nlist] bytes of each list: codes, then ids
+    codes_at = np.cumsum(span) - span
+    ids_at = codes_at + total * code_size
     invlists = _faiss.OnDiskInvertedLists(nlist, code_size, str(lists))
-    invlists.update_totsize(max(int(starts[-1]), 1))  # creates the file, sparse, and maps it
-    invlists.set_all_lists_sizes(_faiss.swig_ptr(total))
-    filled = np.zeros(nlist, np.int64)
+    invlists.update_totsize(max(int(span.sum()), 1))  # creates the file, sparse, and maps it
+    invlists.set_all_lists_sizes(_faiss.swig_ptr(total.astype(np.uint64)))
+    filled = np.zeros(nlist, np.int64)  # [nlist] entries written so far
     fd = os.open(lists, os.O_WRONLY)
     try:
         for path, counts in zip(blocks, sizes, strict=True):
             block = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)  # unmapped at the next
             source = _ivf(block).invlists
-            for j in np.flatnonzero(counts):
-                n = int(counts[j])
-                codes = _faiss.rev_swig_ptr(source.get_codes(int(j)), n * code_size)
-                ids = _faiss.rev_swig_ptr(source.get_ids(int(j)), n)
-                at = int(starts[j])
-                _write(fd, codes, at + int(filled[j]) * code_size)
-                _write(fd, ids, at + int(total[j]) * code_size + int(filled[j]) * ID_BYTES)
+            for j in map(int, np.flatnonzero(counts)):
+                n, done = int(counts[j]), int(filled[j])
+                codes = _faiss.rev_swig_ptr(source.get_codes(j), n * code_size)
+                ids = _faiss.rev_swig_ptr(source.get_ids(j), n)
+                _write(fd, codes, int(codes_at[j]) + done * code_size)
+                _write(fd, ids, int(ids_at[j]) + done * ID_BYTES)
                 filled[j] += n
             del block, source
         os.fsync(fd)

@@ -121,10 +121,14 @@ def build_from_source(
             index.add_with_ids(xq, xq_ids)  # the queries join last (see build._add_and_tune)
     info = embeddings.info
     manifest = new_manifest(
-        (key, n, d),
-        (index_key, choice.reason),
-        (params, tuning),
         source,
+        dim=d,
+        index_key=key,
+        count=n,
+        requested_key=index_key,
+        choice_reason=choice.reason,
+        index_params=params,
+        tuning=tuning,
         model_sha256=embeddings.model_sha256,
         preprocess=info.get("preprocess"),
         id_scheme=info.get("id_scheme"),
