@@ -192,6 +192,7 @@ class ErrorBody(BaseModel):
 
 
 ERRORS = {
+    400: "A body that cannot be parsed (malformed JSON or multipart).",
     401: "Missing or wrong X-API-Key (admin routes).",
     404: "No item with this id, or an id query that is not stored.",
     408: "The request body did not arrive in time.",

@@ -57,7 +57,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["admin"],
     dependencies=[AdminDep],
-    responses=error_responses(401, 404, 408, 409, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 404, 408, 409, 413, 415, 422, 503),
 )
 
 _ITEMS = TypeAdapter(list[NewItem])

@@ -37,7 +37,7 @@ from coins.serve.api.state import ServiceState
 from coins.serve.api.uploads import ImagesForm, Payload, embed_uploads, read_images
 
 router = APIRouter(
-    prefix="/v1", tags=["search"], responses=error_responses(404, 408, 413, 415, 422, 503)
+    prefix="/v1", tags=["search"], responses=error_responses(400, 404, 408, 413, 415, 422, 503)
 )
 
 COARSE_SHOWN = 3  # predicted coarse classes returned per image query
