@@ -12,6 +12,8 @@ Prints, as Markdown:
    of the best test fine R@1 among that seed's runs;
 3. for each method tried with several weights, the weight the label-free score picks.
 
+Runs of several data sets are tabulated one data set at a time (their scores do not compare).
+
     python benchmarks/selection_table.py /work/runs/stage1 /work/runs/stage2
 """
 
@@ -47,6 +49,7 @@ def collect(folders: list[Path]) -> list[dict]:
                     "config": match.group(1),
                     "seed": int(match.group(2)),
                     "method": run.config["method"],
+                    "dataset": run.config["dataset"],
                     "view": 100 * m["selection"]["view_recall@1"],
                     "val_fine": 100 * m["val"]["fine"]["recall@1"],
                     "test_fine": 100 * m["fine"]["recall@1"],
@@ -143,17 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print("no --val-fraction runs with eval.json found", file=sys.stderr)
         return 1
-    print("\n".join(config_table(rows)))
-    print()
-    print("\n".join(correlation_table(rows)))
-    print()
-    print("\n".join(within_method_table(rows)))
-    print()
-    print("| run | val view R@1 | val fine R@1 | test fine R@1 |")
-    print("|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: (r["config"], r["seed"])):
-        name = f"{r['config']}-s{r['seed']}"
-        print(f"| `{name}` | {r['view']:.1f} | {r['val_fine']:.1f} | {r['test_fine']:.1f} |")
+    datasets = sorted({r["dataset"] for r in rows})
+    for dataset in datasets:  # scores are not comparable across data sets: one block each
+        rs = [r for r in rows if r["dataset"] == dataset]
+        if len(datasets) > 1:
+            print(f"## {dataset}\n")
+        print("\n".join(config_table(rs)))
+        print()
+        print("\n".join(correlation_table(rs)))
+        print()
+        print("\n".join(within_method_table(rs)))
+        print()
+        print("| run | val view R@1 | val fine R@1 | test fine R@1 |")
+        print("|---|---|---|---|")
+        for r in sorted(rs, key=lambda r: (r["config"], r["seed"])):
+            name = f"{r['config']}-s{r['seed']}"
+            print(f"| `{name}` | {r['view']:.1f} | {r['val_fine']:.1f} | {r['test_fine']:.1f} |")
+        print()
     return 0
 
 
