@@ -193,16 +193,25 @@ def scores_of(run: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", type=Path, help="sweep folders of --val-fraction runs")
-    p.add_argument("--json", type=Path, help="also write every run's scores here")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="also write every run's scores here (runs already in it are read back)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     runs = [d for f in args.folders for d in sorted(f.iterdir()) if (d / "eval.json").is_file()]
+    done = {}  # runs scored by an earlier call with the same --json are read back, not redone
+    if args.json and args.json.is_file():
+        done = {r["path"]: r for r in json.loads(args.json.read_text())}
     rows = []
     for run in runs:
-        rows.append(scores_of(run))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "few"}), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        row = done.get(str(run.resolve())) or {"path": str(run.resolve()), **scores_of(run)}
+        row["few"] = {int(n): draws for n, draws in row["few"].items()}  # JSON keys are strings
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "few"}), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1) + "\n")
     keys = ("view", "stability", "knn_overlap", "rankme", "coarse_r1", "coarse_map", "val_fine_r1")
     for dataset in sorted({r["dataset"] for r in rows}):
         rs = [r for r in rows if r["dataset"] == dataset and r["method"] != "opt"]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from coins.cli import app
 from coins.train.config import TrainConfig, load_config
 from coins.train.metrics_log import read_log
-from coins.train.tune import COARSE_METHODS, method_caveat, tune
+from coins.train.tune import COARSE_METHODS, selection_caveat, tune
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -86,10 +86,13 @@ def test_weak_trials_are_pruned_and_the_best_is_written(tmp_path, monkeypatch) -
     )
 
 
-def test_the_caveat_is_only_for_the_label_free_score_across_methods() -> None:
-    assert method_caveat("view_recall@1", ("coins", "maskcon")) is not None
-    assert method_caveat("view_recall@1", ("maskcon",)) is None  # weights of one method
-    assert method_caveat("fine_recall@1", ("coins", "maskcon")) is None  # fine labels decide
+def test_the_caveat_is_for_label_free_choices_of_methods_or_alpha() -> None:
+    across = selection_caveat("view_recall@1", ("coins", "maskcon"))
+    assert across is not None and "among several methods" in across
+    alpha = selection_caveat("view_recall@1", ("coins-soft",))  # alpha of one method
+    assert alpha is not None and "chose alpha" in alpha
+    assert selection_caveat("view_recall@1", ("maskcon",)) is None  # w of one method
+    assert selection_caveat("fine_recall@1", ("coins", "maskcon")) is None  # fine labels decide
 
 
 def test_tune_refuses_what_would_select_on_test_or_cannot_run(tmp_path) -> None:
