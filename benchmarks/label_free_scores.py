@@ -27,9 +27,11 @@ one's Spearman correlation with test fine R@1 (read once, from the run's eval.js
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -163,11 +165,20 @@ def choice_hits(rows: list[dict], pick: str) -> tuple[int, int]:
     return hits, total
 
 
+@functools.cache
+def val_split(dataset: str, root: str | None, options: str, fraction: float, seed: int) -> Any:
+    """The held-out split of a run, built once per data set and seed (runs share them)."""
+    full = build_dataset(dataset, "train", root, **json.loads(options))
+    return holdout(full, fraction, seed)[1]
+
+
 def scores_of(run: Path) -> dict:
     config = json.loads((run / "config.json").read_text())
     metrics = json.loads((run / "eval.json").read_text())
-    full = build_dataset(config["dataset"], "train", config["root"], **config["dataset_options"])
-    _, val = holdout(full, config["val_fraction"], config["seed"])
+    val = val_split(
+        config["dataset"], config["root"], json.dumps(config["dataset_options"], sort_keys=True),
+        config["val_fraction"], config["seed"],
+    )  # fmt: skip
     model = load_embedder(run / "checkpoint.pt")
     augment = Augment(**config["augment"])
     xa, xb = (embed_views(model, val, augment, s) for s in (0, 1))
