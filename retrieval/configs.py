@@ -96,6 +96,7 @@ class Augment:
     color_jitter: float = 0.4  # brightness/contrast/saturation s, hue s/4, with p=0.8; 0 = off
     grayscale_p: float = 0.2  # probability of a grey view (RGB only)
     blur_p: float = 0.0  # probability of a Gaussian blur
+    autoaugment: bool = False  # AutoAugment's CIFAR-10 policy after crop and flip (MaskCon)
 
     def __post_init__(self) -> None:
         low, high = (float(v) for v in self.crop_scale)

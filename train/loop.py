@@ -7,6 +7,7 @@ next epoch reads (both encoders, queue, classifier, bank, proxies, optimiser).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -50,8 +51,10 @@ class TrainingDiverged(RuntimeError):
 def _loader(data: RetrievalDataset, cfg: TrainConfig, epoch: int) -> DataLoader:
     rank, size = dist.world()
     _prepare_files(data, cfg)
-    base = train_transform(cfg.model.preprocess, cfg.augment)
-    transform = TwoViews(base) if cfg.uses_queue else base
+    key = train_transform(cfg.model.preprocess, cfg.augment)
+    strong = dataclasses.replace(cfg.augment, autoaugment=True)
+    query = train_transform(cfg.model.preprocess, strong) if cfg.strong_query else key
+    transform = TwoViews(query, key) if cfg.uses_queue else query
     # The sampler also runs alone (one replica) so the data order depends on (seed, epoch) only.
     dataset = TransformedDataset(data, transform)
     sampler: DistributedSampler = DistributedSampler(

@@ -55,6 +55,8 @@ def train_transform(pre: Preprocess, aug: Augment) -> Callable[[Image.Image], to
     ]
     if aug.hflip:
         ops.append(v2.RandomHorizontalFlip())
+    if aug.autoaugment:  # on the PIL image, grey or RGB, as MaskCon's CIFAR10Policy
+        ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     if pre.in_chans == 3 and aug.color_jitter > 0:
         s = aug.color_jitter
         ops.append(v2.RandomApply([v2.ColorJitter(s, s, s, s / 4)], p=0.8))
@@ -67,16 +69,27 @@ def train_transform(pre: Preprocess, aug: Augment) -> Callable[[Image.Image], to
 
 
 class TwoViews:
-    """Two independently augmented views of one image: the query and the key of MoCo."""
+    """Two independently augmented views of one image: the query and the key of MoCo.
 
-    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    The key may take a transform of its own (MaskCon: a strong query, a weak key); by default
+    both views are drawn from the one transform.
+    """
+
+    def __init__(
+        self,
+        transform: Callable[[Image.Image], torch.Tensor],
+        key_transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    ) -> None:
         self.transform = transform
+        self.key_transform = key_transform or transform
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(img), self.transform(img)
+        return self.transform(img), self.key_transform(img)
 
     def __repr__(self) -> str:
-        return f"TwoViews({self.transform!r})"
+        if self.key_transform is self.transform:
+            return f"TwoViews({self.transform!r})"
+        return f"TwoViews(query={self.transform!r}, key={self.key_transform!r})"
 
 
 class TransformedDataset(Dataset[tuple[Views, int, int, int, int]]):

@@ -112,3 +112,20 @@ def test_alpha_schedule_holds_through_the_cos_warm_up_then_falls_to_zero() -> No
     assert all(a > b for a, b in itertools.pairwise(scales[2:]))
     with pytest.raises(ValueError, match="expected constant or cosine"):
         tiny_config(alpha_schedule="linear")
+
+
+@pytest.mark.parametrize("method", ["maskcon", "cos"])
+def test_strong_query_augments_the_query_view_only(method: str) -> None:
+    from coins.retrieval.data import build_dataset
+    from coins.train.loop import _loader
+
+    cfg = tiny_config(method=method, strong_query=True)
+    data = build_dataset(cfg.dataset, "train", **cfg.dataset_options)
+    transform = _loader(data, cfg, epoch=0).dataset.transform  # type: ignore[attr-defined]
+    if method == "cos":  # one view: it is the query
+        assert "AutoAugment" in repr(transform)
+        return
+    assert "AutoAugment" in repr(transform.transform)
+    assert "AutoAugment" not in repr(transform.key_transform)
+    plain = _loader(data, tiny_config(method=method), epoch=0).dataset.transform  # type: ignore[attr-defined]
+    assert "AutoAugment" not in repr(plain)

@@ -78,6 +78,23 @@ def test_two_views_differ() -> None:
     assert not torch.equal(a, b)
 
 
+def test_two_views_give_the_key_its_own_transform() -> None:
+    views = TwoViews(lambda img: torch.zeros(1), key_transform=lambda img: torch.ones(1))
+    q, k = views(gradient("L"))
+    assert q.item() == 0 and k.item() == 1  # (query, key), in the order the training step reads
+    assert "key=" in repr(views) and "key=" not in repr(TwoViews(lambda img: torch.zeros(1)))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_autoaugment_applies_to_grey_and_colour_views(mode: str) -> None:
+    channels = 1 if mode == "L" else 3
+    transform = train_transform(preprocess(channels), Augment(autoaugment=True))
+    assert "AutoAugment" in repr(transform) and "AutoAugment" not in repr(
+        train_transform(preprocess(channels), Augment())
+    )
+    assert transform(gradient(mode)).shape == (channels, 16, 16)
+
+
 def test_grey_model_skips_colour_ops() -> None:
     transform = train_transform(preprocess(1), Augment(color_jitter=0.4, grayscale_p=1.0))
     names = repr(transform)
