@@ -33,8 +33,7 @@ class TrainConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)  # the data set's options
     model: EmbedderConfig = field(default_factory=EmbedderConfig)
     augment: Augment = field(default_factory=Augment)
-    # MaskCon's view asymmetry: the query view adds AutoAugment's CIFAR-10 policy to `augment`,
-    # the key view (and with it the soft targets and the queue) keeps `augment` alone
+    # the key view, and with it the queue and the soft targets, keeps `augment` alone
     strong_query: bool = False  # MaskCon's strong query: AutoAugment on the query view only
     # optimisation
     epochs: int = 100  # passes over the training split

@@ -7,10 +7,10 @@ next epoch reads (both encoders, queue, classifier, bank, proxies, optimiser).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,9 @@ class TrainingDiverged(RuntimeError):
 def _loader(data: RetrievalDataset, cfg: TrainConfig, epoch: int) -> DataLoader:
     rank, size = dist.world()
     _prepare_files(data, cfg)
-    key = train_transform(cfg.model.preprocess, cfg.augment)
-    strong = dataclasses.replace(cfg.augment, autoaugment=True)
-    query = train_transform(cfg.model.preprocess, strong) if cfg.strong_query else key
+    key = query = train_transform(cfg.model.preprocess, cfg.augment)
+    if cfg.strong_query:  # MaskCon's strong query view; the key keeps the plain augmentation
+        query = train_transform(cfg.model.preprocess, replace(cfg.augment, autoaugment=True))
     transform = TwoViews(query, key) if cfg.uses_queue else query
     # The sampler also runs alone (one replica) so the data order depends on (seed, epoch) only.
     dataset = TransformedDataset(data, transform)
