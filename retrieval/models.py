@@ -85,6 +85,22 @@ def projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     )
 
 
+def projection_head_from_state(state: dict[str, torch.Tensor]) -> nn.Module:
+    """The projection head a state dict of `projection_head` was saved from, loaded."""
+    if "weight" in state:  # one linear layer
+        out_dim, in_dim = state["weight"].shape
+        head = projection_head(in_dim, 0, out_dim)
+    elif "0.weight" in state and "2.weight" in state:
+        hidden, in_dim = state["0.weight"].shape
+        head = projection_head(in_dim, hidden, state["2.weight"].shape[0])
+    else:
+        raise ValueError(
+            f"expected a projection head's state (weight, or 0.* and 2.*): {sorted(state)}"
+        )
+    head.load_state_dict(state)
+    return head
+
+
 class Embedder(nn.Module):
     """Backbone f(x) and projection head g; `forward` gives q = normalize(g(f(x)))."""
 
@@ -126,4 +142,5 @@ __all__ = [
     "Which",
     "create_backbone",
     "projection_head",
+    "projection_head_from_state",
 ]

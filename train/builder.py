@@ -9,9 +9,10 @@ import copy
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..retrieval.models import Embedder
+from ..retrieval.models import Embedder, projection_head
 from .config import TrainConfig
 from .distributed import concat_all_gather
 from .losses import (
@@ -48,6 +49,11 @@ class CoInsModel(nn.Module):
         self.classifier = (
             CosineClassifier(dim, num_classes, cfg.T) if method.classifier is not None else None
         )
+        # the classifier's own projection head (classifier_head "own"), off the backbone feature
+        self.classifier_head: nn.Module | None = None
+        if self.classifier is not None and cfg.classifier_head == "own":
+            m = cfg.model
+            self.classifier_head = projection_head(self.encoder_q.num_features, m.head_hidden, dim)
         self.encoder_k: Embedder | None = None
         self.queue: KeyQueue | None = None
         if method.key_encoder:
@@ -81,11 +87,13 @@ class CoInsModel(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One training step's loss and its parts; updates the key encoder, queue and bank."""
         cfg = self.cfg
-        q = grouped_forward(self.encoder_q, im_q, cfg.bn_splits)  # NxD
+        f = grouped_forward(self.encoder_q.backbone, im_q, cfg.bn_splits)  # NxF pooled
+        q = F.normalize(self.encoder_q.head(f), dim=1)  # NxD; the head has no batch norm
         parts: dict[str, torch.Tensor] = {}
         if self.classifier is not None:
             target = fine if self.method.classifier == "fine" else coarse
-            parts["cos"] = cos_loss(self.classifier(q), target)
+            c = q if self.classifier_head is None else F.normalize(self.classifier_head(f), dim=1)
+            parts["cos"] = cos_loss(self.classifier(c), target)
         if self.queue is not None and self.encoder_k is not None:
             assert im_k is not None, f"{cfg.method} needs two views"
             self._momentum_update_key_encoder()

@@ -55,6 +55,9 @@ class TrainConfig:
     cos_warmup_epochs: int = 0  # epochs of L_cos alone before the instance loss joins
     # constant, or cosine: alpha falls to 0 by the last epoch once the instance loss has joined
     alpha_schedule: str = "constant"
+    # shared: L_cos classifies q, the head L_ins trains (the paper); own: a second projection
+    # head of the backbone feature feeds the classifier, so q answers to L_ins alone
+    classifier_head: str = "shared"
     peer_w: float = 0.5  # grafit / maskcon mixing weight w
     maskcon_T0: float = 0.1  # maskcon: temperature of the contrastive logits
     maskcon_T: float = 0.05  # maskcon: temperature of the soft target
@@ -91,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"optimizer {self.optimizer!r}: expected sgd or adamw")
         if self.alpha_schedule not in ("constant", "cosine"):
             raise ValueError(f"alpha_schedule {self.alpha_schedule!r}: expected constant or cosine")
+        if self.classifier_head not in ("shared", "own"):
+            raise ValueError(f"classifier_head {self.classifier_head!r}: expected shared or own")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule {self.schedule!r}: expected cosine or step")
         if self.batch_size < 2:

@@ -167,6 +167,9 @@ def _save(
             "classes": names,
             "level": level,
         }
+        if model.classifier_head is not None:
+            head = model.classifier_head.state_dict()
+            classifier["head"] = {k: v.detach().cpu() for k, v in head.items()}
     save_checkpoint(
         path,
         model.encoder_q,

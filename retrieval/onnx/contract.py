@@ -48,6 +48,9 @@ class Classifier:
     T: float
     classes: list[str]
     level: str  # "coarse", or "fine" for `opt`
+    # the classifier's own projection head (training's classifier_head "own"), as a state dict;
+    # None: the classifier reads q, the embedder's head output
+    head: dict[str, torch.Tensor] | None = None
 
     @property
     def output(self) -> str:

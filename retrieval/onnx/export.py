@@ -29,7 +29,7 @@ from torch import nn
 
 from coins.retrieval.atomic import atomic_path
 from coins.retrieval.checkpoint import load_checkpoint, load_embedder
-from coins.retrieval.models import Embedder, Which
+from coins.retrieval.models import Embedder, Which, projection_head_from_state
 from coins.retrieval.onnx.contract import (
     EMBEDDING,
     INPUT,
@@ -73,9 +73,12 @@ class ExportedEmbedder(nn.Module):
         self.model = model.eval()
         self.which = which
         self.classifier = classifier
+        self.classifier_head: nn.Module | None = None
         if classifier is not None:
             w = F.normalize(classifier.weight.detach().float(), dim=1) / classifier.T  # CxD
             self.register_buffer("w", w)
+            if classifier.head is not None:
+                self.classifier_head = projection_head_from_state(classifier.head).eval()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         f = self.model.features(x)  # BxF
@@ -83,6 +86,8 @@ class ExportedEmbedder(nn.Module):
         embedding = q if self.which == "head" else F.normalize(f, dim=1)  # BxD
         if self.classifier is None:
             return (embedding,)
+        if self.classifier_head is not None:  # the classifier's own head, not q
+            q = F.normalize(self.classifier_head(f), dim=1)
         return embedding, torch.softmax(q @ self.get_buffer("w").T, dim=1)  # BxC
 
     @property
@@ -102,7 +107,9 @@ def classifier_from_checkpoint(state: dict[str, Any]) -> Classifier | None:
         level = "fine" if state.get("method") == "opt" else "coarse"
     if level not in ("coarse", "fine"):
         raise ValueError(f"checkpoint classifier level {level!r}: expected 'coarse' or 'fine'")
-    return Classifier(saved["weight"], float(saved["T"]), list(saved["classes"]), level)
+    return Classifier(
+        saved["weight"], float(saved["T"]), list(saved["classes"]), level, saved.get("head")
+    )
 
 
 def export_checkpoint(

@@ -90,6 +90,27 @@ def test_each_method_builds_its_parts_and_weighs_its_losses(method: str) -> None
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("where", ["shared", "own"])
+def test_l_cos_reaches_the_instance_head_only_when_the_classifier_shares_it(where: str) -> None:
+    model, loss, _ = one_step("cos", classifier_head=where)
+    loss.backward()
+    head_grads = [p.grad for p in model.encoder_q.head.parameters()]
+    backbone_grad = next(model.encoder_q.backbone.parameters()).grad
+    assert backbone_grad is not None and float(backbone_grad.abs().sum()) > 0
+    if where == "shared":
+        assert model.classifier_head is None
+        assert all(g is not None and float(g.abs().sum()) > 0 for g in head_grads)
+    else:
+        assert model.classifier_head is not None
+        assert all(g is None for g in head_grads)  # q's head answers to L_ins alone
+        assert all(p.grad is not None for p in model.classifier_head.parameters())
+
+
+def test_an_own_classifier_head_needs_a_known_name() -> None:
+    with pytest.raises(ValueError, match="classifier_head 'mine'"):
+        tiny_config(classifier_head="mine")
+
+
 @pytest.mark.parametrize("method", ["coins", "coins-soft", "cos"])
 def test_the_alpha_schedule_scales_l_cos_only_beside_a_loss_over_keys(method: str) -> None:
     _, loss, parts = one_step(method, cos_scale=0.25)

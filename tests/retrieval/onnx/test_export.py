@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from train_fixtures import TINY_DATA, TINY_MODEL
+from train_fixtures import TINY_DATA, TINY_MODEL, tiny_config
 from typer.testing import CliRunner
 
 import coins.retrieval.onnx.export as export_module
@@ -20,6 +20,7 @@ from coins.retrieval.models import Embedder, EmbedderConfig
 from coins.retrieval.onnx.export import ExportError, export_checkpoint
 from coins.retrieval.onnx.quantize import QuantizationRejected, export_int8
 from coins.retrieval.onnx.runner import EmbedError, OnnxEmbedder
+from coins.train import train
 
 COARSE = ["c0", "c1", "c2", "c3"]
 FINE = [f"f{i}" for i in range(8)]
@@ -117,6 +118,26 @@ def test_coarse_head_only_where_the_method_trained_a_coarse_classifier(exported)
     assert coins.embed_arrays(x).coarse_probs is not None
     assert ins.coarse_classes is None and ins.embed_arrays(x).coarse_probs is None
     assert [o.name for o in ins.session.get_outputs()] == ["embedding"]
+
+
+def test_a_classifier_with_its_own_head_exports_that_head(tmp_path) -> None:
+    train(tiny_config(classifier_head="own", max_steps=1, epochs=1), tmp_path, progress=False)
+    ckpt, path = tmp_path / "checkpoint.pt", tmp_path / "model.onnx"
+    export_checkpoint(ckpt, path)
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    state = torch.load(ckpt, weights_only=False)["classifier"]
+    head = state["head"]  # Linear-ReLU-Linear, by hand
+    with torch.no_grad():
+        f = load_embedder(ckpt).features(x)
+        h = torch.relu(f @ head["0.weight"].T + head["0.bias"]) @ head["2.weight"].T
+        c = torch.nn.functional.normalize(h + head["2.bias"], dim=1)
+        w = torch.nn.functional.normalize(state["weight"], dim=1)
+        probs = torch.softmax(c @ w.T / state["T"], dim=1).numpy()
+    result = OnnxEmbedder(path).embed_arrays(x.numpy())
+    assert result.coarse_probs is not None
+    np.testing.assert_allclose(result.coarse_probs, probs, atol=1e-4)
+    _, probs_of_q = torch_outputs(ckpt, x, "backbone")  # what reading q instead would give
+    assert np.abs(probs_of_q - probs).max() > 1e-3
 
 
 def test_opt_exports_its_fine_classifier_under_its_own_name(exported) -> None:
