@@ -54,6 +54,11 @@ class CoInsModel(nn.Module):
         if self.classifier is not None and cfg.classifier_head == "own":
             m = cfg.model
             self.classifier_head = projection_head(self.encoder_q.num_features, m.head_hidden, dim)
+        # uncertainty weighting: one learned log-variance s per loss term (Kendall et al. 2018)
+        self.log_vars: nn.ParameterDict | None = None
+        if cfg.loss_weighting == "uncertainty":
+            terms = method.loss_terms
+            self.log_vars = nn.ParameterDict({n: nn.Parameter(torch.zeros(())) for n in terms})
         self.encoder_k: Embedder | None = None
         self.queue: KeyQueue | None = None
         if method.key_encoder:
@@ -108,9 +113,12 @@ class CoInsModel(nn.Module):
             parts["proxy"] = proxy_loss(
                 q, self.proxies.proxies, self.proxies.pseudo[index], cfg.T_p
             )
-        loss = sum(self._weight(name, cos_scale) * value for name, value in parts.items())
+        loss = sum(self._weighted(name, value, cos_scale) for name, value in parts.items())
         assert isinstance(loss, torch.Tensor), f"{cfg.method}: no loss term is active"
-        return loss, {name: float(v.detach()) for name, v in parts.items()}
+        logged = {name: float(v.detach()) for name, v in parts.items()}
+        if self.log_vars is not None:  # the weight each term gets from its learned s
+            logged |= {f"w_{n}": float(torch.exp(-s.detach())) for n, s in self.log_vars.items()}
+        return loss, logged
 
     def _instance_losses(
         self, q: torch.Tensor, k: torch.Tensor, coarse: torch.Tensor
@@ -129,6 +137,15 @@ class CoInsModel(nn.Module):
         else:
             logits = instance_logits(q, k, queue, cfg.T)  # Nx(1+K)
         return {"ins": info_nce(logits)}
+
+    def _weighted(self, part: str, value: torch.Tensor, cos_scale: float) -> torch.Tensor:
+        """w * L, or with uncertainty weighting exp(-s) * w * L + s (s: the term's log-variance;
+        a term weighted 0 this epoch is left out, so its s does not drift)."""
+        w = self._weight(part, cos_scale)
+        if self.log_vars is None or w == 0:
+            return w * value
+        s = self.log_vars[part]
+        return torch.exp(-s) * w * value + s
 
     def _weight(self, part: str, cos_scale: float) -> float:
         if part == "cos":

@@ -58,6 +58,10 @@ class TrainConfig:
     # shared: L_cos classifies q, the head L_ins trains (the paper); own: a second projection
     # head of the backbone feature feeds the classifier, so q answers to L_ins alone
     classifier_head: str = "shared"
+    # fixed: the weights above; uncertainty: each term also times exp(-s) plus s, with s learned
+    # per term (Kendall et al. 2018): at its optimum s = log(w * L), every term weighs as L / L,
+    # so the balance of L_cos and the loss over keys adapts and alpha only sets where it starts
+    loss_weighting: str = "fixed"
     peer_w: float = 0.5  # grafit / maskcon mixing weight w
     maskcon_T0: float = 0.1  # maskcon: temperature of the contrastive logits
     maskcon_T: float = 0.05  # maskcon: temperature of the soft target
@@ -96,6 +100,15 @@ class TrainConfig:
             raise ValueError(f"alpha_schedule {self.alpha_schedule!r}: expected constant or cosine")
         if self.classifier_head not in ("shared", "own"):
             raise ValueError(f"classifier_head {self.classifier_head!r}: expected shared or own")
+        if self.loss_weighting not in ("fixed", "uncertainty"):
+            raise ValueError(
+                f"loss_weighting {self.loss_weighting!r}: expected fixed or uncertainty"
+            )
+        if self.loss_weighting == "uncertainty" and len(METHODS[self.method].loss_terms) < 2:
+            raise ValueError(
+                f"loss_weighting uncertainty balances two or more loss terms; {self.method} "
+                f"trains {', '.join(METHODS[self.method].loss_terms)} alone"
+            )
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule {self.schedule!r}: expected cosine or step")
         if self.batch_size < 2:

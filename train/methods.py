@@ -37,6 +37,13 @@ class Method:
         """L_ins (InfoNCE against the queue), alone or joined by L_cos."""
         return self.key_encoder and self.peer is None
 
+    @property
+    def loss_terms(self) -> tuple[str, ...]:
+        """The names of the terms a step can train, as `CoInsModel.forward` names them."""
+        keys = ("ins",) if self.instance_loss else (self.peer,) if self.peer else ()
+        cos = ("cos",) if self.classifier else ()
+        return cos + keys + (("proxy",) if self.proxies else ())
+
     def negatives_within_coarse(self, imp_proxy: bool) -> bool:
         return imp_proxy if self.within_coarse is None else self.within_coarse
 

@@ -3,6 +3,8 @@ method names, and the checkpoint says which labels its classifier classifies."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -109,6 +111,38 @@ def test_l_cos_reaches_the_instance_head_only_when_the_classifier_shares_it(wher
 def test_an_own_classifier_head_needs_a_known_name() -> None:
     with pytest.raises(ValueError, match="classifier_head 'mine'"):
         tiny_config(classifier_head="mine")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_names_the_terms_its_steps_train(method: str) -> None:
+    extra = {"proxy"} if method == "coinsp" else set()  # L_proxy joins after epoch M
+    assert set(METHODS[method].loss_terms) == old_parts(method) | extra
+
+
+@pytest.mark.parametrize("method", ["coins", "coins-soft", "coinsp"])
+def test_uncertainty_weighting_weighs_each_term_by_its_learned_log_variance(method: str) -> None:
+    model, _, _ = one_step(method, loss_weighting="uncertainty")
+    assert model.log_vars is not None and set(model.log_vars) == set(METHODS[method].loss_terms)
+    with torch.no_grad():
+        for i, s in enumerate(model.log_vars.values()):
+            s.fill_(0.5 - i)  # a different s for every term
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 3, 16, 16, generator=g)
+    coarse, fine, index = torch.arange(16) % 4, torch.arange(16) % 8, torch.arange(16)
+    loss, parts = model(x, x + 0.1, coarse, fine, index, g, proxy_on=True)
+    s = {n: float(v.detach()) for n, v in model.log_vars.items()}
+    weight = {"cos": ALPHA, "ins": 1.0, "maskcon": 1.0, "proxy": model.cfg.lambda_p}
+    terms = METHODS[method].loss_terms
+    expected = sum(math.exp(-s[n]) * weight[n] * parts[n] + s[n] for n in terms)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert all(parts[f"w_{n}"] == pytest.approx(math.exp(-s[n])) for n in terms)
+    loss.backward()
+    assert all(v.grad is not None and float(v.grad) != 0 for v in model.log_vars.values())
+
+
+def test_uncertainty_weighting_needs_two_terms() -> None:
+    with pytest.raises(ValueError, match="cos alone"):
+        tiny_config(method="cos", loss_weighting="uncertainty")
 
 
 @pytest.mark.parametrize("method", ["coins", "coins-soft", "cos"])
