@@ -85,22 +85,6 @@ def projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     )
 
 
-def projection_head_from_state(state: dict[str, torch.Tensor]) -> nn.Module:
-    """The projection head a state dict of `projection_head` was saved from, loaded."""
-    if "weight" in state:  # one linear layer
-        out_dim, in_dim = state["weight"].shape
-        head = projection_head(in_dim, 0, out_dim)
-    elif "0.weight" in state and "2.weight" in state:
-        hidden, in_dim = state["0.weight"].shape
-        head = projection_head(in_dim, hidden, state["2.weight"].shape[0])
-    else:
-        raise ValueError(
-            f"expected a projection head's state (weight, or 0.* and 2.*): {sorted(state)}"
-        )
-    head.load_state_dict(state)
-    return head
-
-
 class Embedder(nn.Module):
     """Backbone f(x) and projection head g; `forward` gives q = normalize(g(f(x)))."""
 
@@ -119,8 +103,12 @@ class Embedder(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)  # BxF pooled, not normalised
 
+    def project(self, f: torch.Tensor) -> torch.Tensor:
+        """q = normalize(g(f)) of pooled features f (BxF); g has no batch norm, so any batch."""
+        return F.normalize(self.head(f), dim=1)  # Bxhead_dim
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.features(x)), dim=1)  # Bxhead_dim
+        return self.project(self.features(x))
 
     def embed(self, x: torch.Tensor, which: Which = "backbone") -> torch.Tensor:
         """L2-normalised embedding of a batch: the pooled backbone feature or the head output."""
@@ -142,5 +130,4 @@ __all__ = [
     "Which",
     "create_backbone",
     "projection_head",
-    "projection_head_from_state",
 ]

@@ -49,7 +49,7 @@ class CoInsModel(nn.Module):
         self.classifier = (
             CosineClassifier(dim, num_classes, cfg.T) if method.classifier is not None else None
         )
-        # the classifier's own projection head (classifier_head "own"), off the backbone feature
+        # the classifier's own projection head (classifier_head "own"): the shape of g, off f
         self.classifier_head: nn.Module | None = None
         if self.classifier is not None and cfg.classifier_head == "own":
             m = cfg.model
@@ -93,7 +93,7 @@ class CoInsModel(nn.Module):
         """One training step's loss and its parts; updates the key encoder, queue and bank."""
         cfg = self.cfg
         f = grouped_forward(self.encoder_q.backbone, im_q, cfg.bn_splits)  # NxF pooled
-        q = F.normalize(self.encoder_q.head(f), dim=1)  # NxD; the head has no batch norm
+        q = self.encoder_q.project(f)  # NxD
         parts: dict[str, torch.Tensor] = {}
         if self.classifier is not None:
             target = fine if self.method.classifier == "fine" else coarse

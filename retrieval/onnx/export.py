@@ -29,7 +29,7 @@ from torch import nn
 
 from coins.retrieval.atomic import atomic_path
 from coins.retrieval.checkpoint import load_checkpoint, load_embedder
-from coins.retrieval.models import Embedder, Which, projection_head_from_state
+from coins.retrieval.models import Embedder, Which, projection_head
 from coins.retrieval.onnx.contract import (
     EMBEDDING,
     INPUT,
@@ -77,12 +77,15 @@ class ExportedEmbedder(nn.Module):
         if classifier is not None:
             w = F.normalize(classifier.weight.detach().float(), dim=1) / classifier.T  # CxD
             self.register_buffer("w", w)
-            if classifier.head is not None:
-                self.classifier_head = projection_head_from_state(classifier.head).eval()
+            if classifier.head is not None:  # built as training built it: the shape of g
+                c = model.config
+                head = projection_head(model.num_features, c.head_hidden, c.head_dim)
+                head.load_state_dict(classifier.head)
+                self.classifier_head = head.eval()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         f = self.model.features(x)  # BxF
-        q = F.normalize(self.model.head(f), dim=1) if self.classifier or self.which == "head" else f
+        q = self.model.project(f) if self.classifier or self.which == "head" else f
         embedding = q if self.which == "head" else F.normalize(f, dim=1)  # BxD
         if self.classifier is None:
             return (embedding,)
