@@ -55,8 +55,12 @@ def merge_blocks(
     ids_at = codes_at + total * code_size
     invlists = _faiss.OnDiskInvertedLists(nlist, code_size, str(lists))
     invlists.update_totsize(max(int(span.sum()), 1))  # creates the file, sparse, and maps it
-    invlists.set_all_lists_sizes(_faiss.swig_ptr(total.astype(np.uint64)))
+    # swig_ptr holds no reference: the array must outlive the call that reads through it
+    sizes64 = np.ascontiguousarray(total, dtype=np.uint64)  # [nlist]
+    invlists.set_all_lists_sizes(_faiss.swig_ptr(sizes64))
+    del sizes64  # FAISS copied it
     filled = np.zeros(nlist, np.int64)  # [nlist] entries written so far
+    id_sums = np.zeros(nlist, np.uint64)  # [nlist] sum of the ids written, mod 2**64
     fd = os.open(lists, os.O_WRONLY)
     try:
         for path, counts in zip(blocks, sizes, strict=True):
@@ -64,10 +68,16 @@ def merge_blocks(
             source = _ivf(block).invlists
             for j in map(int, np.flatnonzero(counts)):
                 n, done = int(counts[j]), int(filled[j])
-                codes = _faiss.rev_swig_ptr(source.get_codes(j), n * code_size)
-                ids = _faiss.rev_swig_ptr(source.get_ids(j), n)
+                # views into the mapped block, valid until released (both kept in `block`)
+                codes_ptr, ids_ptr = source.get_codes(j), source.get_ids(j)
+                codes = _faiss.rev_swig_ptr(codes_ptr, n * code_size)
+                ids = _faiss.rev_swig_ptr(ids_ptr, n)
                 _write(fd, codes, int(codes_at[j]) + done * code_size)
                 _write(fd, ids, int(ids_at[j]) + done * ID_BYTES)
+                id_sums[j] += ids.view(np.uint64).sum(dtype=np.uint64)
+                del codes, ids
+                source.release_codes(j, codes_ptr)
+                source.release_ids(j, ids_ptr)
                 filled[j] += n
             del block, source
         os.fsync(fd)
@@ -76,6 +86,38 @@ def merge_blocks(
     ivf.replace_invlists(invlists, True)
     invlists.this.disown()  # the index owns it now
     index.ntotal = ivf.ntotal = int(total.sum())
+    check_merged(index, lists, total, id_sums)
+
+
+class MergeError(RuntimeError):
+    """The merged lists do not hold what the blocks held: the build must not be saved."""
+
+
+def check_merged(index: faiss.Index, lists: Path, total: np.ndarray, id_sums: np.ndarray) -> None:
+    """Raise MergeError unless FAISS sees list j with `total[j]` entries and the ids stored in
+    `lists` for list j sum to `id_sums[j]` (mod 2**64), the sum of the ids its blocks held."""
+    ivf = _ivf(index)
+    sizes = list_sizes(index)
+    if not np.array_equal(sizes, total.astype(np.uint64)):
+        wrong = np.flatnonzero(sizes != total.astype(np.uint64))
+        raise MergeError(
+            f"{lists}: after the merge {len(wrong):,} of {ivf.nlist:,} inverted lists have the "
+            f"wrong size (list {wrong[0]}: {sizes[wrong[0]]:,}, its blocks held "
+            f"{int(total[wrong[0]]):,}); the build was not saved"
+        )
+    if index.ntotal != int(total.sum()):
+        raise MergeError(f"{lists}: {index.ntotal:,} vectors, the blocks held {total.sum():,}")
+    span = total * (ivf.code_size + ID_BYTES)
+    ids_at = np.cumsum(span) - span + total * ivf.code_size  # [nlist] byte offset of the ids
+    stored = np.memmap(lists, dtype=np.uint8, mode="r") if span.sum() else np.empty(0, np.uint8)
+    for j in map(int, np.flatnonzero(total)):
+        ids = stored[int(ids_at[j]) : int(ids_at[j]) + int(total[j]) * ID_BYTES].view(np.uint64)
+        if ids.sum(dtype=np.uint64) != id_sums[j]:
+            raise MergeError(
+                f"{lists}: inverted list {j} does not hold the ids its blocks held; the build "
+                "was not saved"
+            )
+    del stored
 
 
 def _write(fd: int, data: np.ndarray, offset: int) -> None:

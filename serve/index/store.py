@@ -26,6 +26,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -500,6 +501,42 @@ def prepare_directory(index_dir: str | Path, overwrite: bool) -> int:
         )
     index_dir.mkdir(parents=True, exist_ok=True)
     return _last_generation(index_dir) + 1
+
+
+@contextlib.contextmanager
+def new_generation(index_dir: str | Path, overwrite: bool) -> Iterator[int]:
+    """`prepare_directory`'s generation, for a build that writes its files as it goes: if the
+    block raises, every file of the generation is deleted (and `index_dir`, if this made it and
+    nothing else is in it), so a failed build leaves the directory as it was."""
+    existed = Path(index_dir).exists()
+    generation = prepare_directory(index_dir, overwrite)
+    try:
+        yield generation
+    except BaseException:
+        if not _committed(index_dir, generation):  # else it stays, whatever failed after
+            discard_generation(index_dir, generation)
+            if not existed and not any(Path(index_dir).iterdir()):
+                Path(index_dir).rmdir()
+        raise
+
+
+def _committed(index_dir: str | Path, generation: int) -> bool:
+    try:
+        return IndexManifest.load(index_dir).generation >= generation
+    except IndexLoadError:
+        return False
+
+
+def discard_generation(index_dir: str | Path, generation: int) -> list[str]:
+    """Delete every file of an uncommitted `generation` of `index_dir` (and their temporary
+    names): what a failed build leaves. Returns the names removed."""
+    removed = []
+    for path in Path(index_dir).iterdir():
+        m = _GENERATION_FILE.match(path.name) or _GENERATION_TMP.match(path.name)
+        if m and int(m.group(2)) == generation:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return sorted(removed)
 
 
 def new_metadata(index_dir: str | Path, generation: int) -> MetadataStore:

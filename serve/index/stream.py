@@ -38,8 +38,8 @@ from coins.serve.index.store import (
     idmap_path,
     lists_path,
     new_faiss_index,
+    new_generation,
     new_metadata,
-    prepare_directory,
 )
 from coins.serve.index.tuning import ivf_of, tune, without
 
@@ -97,45 +97,46 @@ def build_from_source(
     index, key = new_faiss_index(choice.key, d)
     if on_disk and ivf_of(index) is None:
         raise ValueError(f"on-disk inverted lists need an IVF index, not {key!r}")
-    generation = prepare_directory(out_dir, overwrite)
-    rng = np.random.default_rng(seed)
-    start = time.perf_counter()
-    _train(index, key, embeddings, seed, say)
-    held = _held_out(n, min(tune_queries, n // 10), rng)  # global positions, ascending
-    xq, xq_ids = _gather(embeddings, held)
-    store = new_metadata(out_dir, generation)
-    lists = lists_path(out_dir, generation) if on_disk else None
-    idmap = idmap_path(out_dir, generation) if on_disk else None
-    blocks = _Blocks(index, lists, idmap) if lists is not None and idmap is not None else None
-    # On-disk lists take no adds once merged (FAISS 1.15 corrupts lists it moves to grow them):
-    # there every vector goes in, and tuning leaves each query's own id out of its results.
-    leave_one_out = blocks is not None
-    gt = _fill(index, embeddings, store, held, xq, xq_ids, blocks, say)
-    say(f"added {n:,} vectors in {time.perf_counter() - start:.0f} s")
-    params: dict[str, int] = {}
-    tuning = None
-    if len(held):
-        exclude = xq_ids if leave_one_out else None
-        params, tuning = tune(index, xq, gt, target_recall, exclude=exclude)
-        if not leave_one_out:
-            index.add_with_ids(xq, xq_ids)  # the queries join last (see build._add_and_tune)
-    info = embeddings.info
-    manifest = new_manifest(
-        source,
-        dim=d,
-        index_key=key,
-        count=n,
-        requested_key=index_key,
-        choice_reason=choice.reason,
-        index_params=params,
-        tuning=tuning,
-        model_sha256=embeddings.model_sha256,
-        preprocess=info.get("preprocess"),
-        id_scheme=info.get("id_scheme"),
-        roots=gallery_roots(source or {}),
-        classes=store.class_names(),
-    )
-    return SearchIndex.commit_new(index, store, manifest, out_dir, generation, lists, idmap)
+    # a build that does not commit leaves the directory as it was (`new_generation`)
+    with new_generation(out_dir, overwrite) as generation:
+        rng = np.random.default_rng(seed)
+        start = time.perf_counter()
+        _train(index, key, embeddings, seed, say)
+        held = _held_out(n, min(tune_queries, n // 10), rng)  # global positions, ascending
+        xq, xq_ids = _gather(embeddings, held)
+        store = new_metadata(out_dir, generation)
+        lists = lists_path(out_dir, generation) if on_disk else None
+        idmap = idmap_path(out_dir, generation) if on_disk else None
+        blocks = _Blocks(index, lists, idmap) if lists is not None and idmap is not None else None
+        # On-disk lists take no adds once merged (FAISS 1.15 corrupts lists it moves to grow them):
+        # there every vector goes in, and tuning leaves each query's own id out of its results.
+        leave_one_out = blocks is not None
+        gt = _fill(index, embeddings, store, held, xq, xq_ids, blocks, say)
+        say(f"added {n:,} vectors in {time.perf_counter() - start:.0f} s")
+        params: dict[str, int] = {}
+        tuning = None
+        if len(held):
+            exclude = xq_ids if leave_one_out else None
+            params, tuning = tune(index, xq, gt, target_recall, exclude=exclude)
+            if not leave_one_out:
+                index.add_with_ids(xq, xq_ids)  # the queries join last (see build._add_and_tune)
+        info = embeddings.info
+        manifest = new_manifest(
+            source,
+            dim=d,
+            index_key=key,
+            count=n,
+            requested_key=index_key,
+            choice_reason=choice.reason,
+            index_params=params,
+            tuning=tuning,
+            model_sha256=embeddings.model_sha256,
+            preprocess=info.get("preprocess"),
+            id_scheme=info.get("id_scheme"),
+            roots=gallery_roots(source or {}),
+            classes=store.class_names(),
+        )
+        return SearchIndex.commit_new(index, store, manifest, out_dir, generation, lists, idmap)
 
 
 def append_from_source(

@@ -237,3 +237,38 @@ def test_the_server_loads_with_mmap_and_full_verify_from_its_settings(two_jobs, 
     full = settings.model_copy(update={"verify": "full"})
     with pytest.raises(ValueError, match="checksum mismatch"):
         OnnxArtifacts().load_index(full, MODEL)
+
+
+@pytest.mark.parametrize("key", ["IVF256,Flat", "IVF1024,Flat"])
+def test_cli_builds_on_disk_at_the_list_counts_that_crashed(tmp_path, key) -> None:
+    """2,400 vectors at 256 and 1,024 lists: the on-disk merge once handed FAISS its list sizes
+    through a freed temporary, and these builds died in the id map (issue 26)."""
+    a = write_job(tmp_path / "a", 2400, 1, 600, seed=3)
+    out = tmp_path / "o"
+    args = ["index", "--from-embeddings", str(tmp_path / "a"), "--type", key, "--on-disk"]
+    result = CliRunner().invoke(app, [*args, "--verify", "full", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    index = SearchIndex.load(out, verify="full")
+    assert index.ntotal == 2400
+    np.testing.assert_array_equal(index.reconstruct(a["ids"][::37]), a["xb"][::37])
+
+
+def test_a_failed_on_disk_build_leaves_no_half_written_generation(two_jobs, tmp_path, monkeypatch):
+    from coins.serve.index.merge import MergeError
+
+    folders, ids, _, _ = two_jobs
+    fresh, kept = tmp_path / "fresh", tmp_path / "kept"
+    build(folders, kept, index_key="IVF16,Flat", on_disk=True, target_recall=0.9)
+    before = sorted(p.name for p in kept.iterdir())
+
+    def broken(*args, **kwargs):
+        Path(args[3]).write_bytes(b"half")  # the lists file exists, as in a real failure
+        raise MergeError("lists do not hold what the blocks held")
+
+    monkeypatch.setattr(stream, "merge_blocks", broken)
+    for out, overwrite in ((fresh, False), (kept, True)):
+        with pytest.raises(MergeError):
+            build(folders, out, index_key="IVF16,Flat", on_disk=True, overwrite=overwrite)
+    assert not fresh.exists()  # made by the build, gone with it
+    assert sorted(p.name for p in kept.iterdir()) == before  # the old index, untouched
+    assert SearchIndex.load(kept, verify="full").ntotal == len(ids)

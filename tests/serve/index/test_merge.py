@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
@@ -65,3 +68,91 @@ def test_merge_blocks_refuses_a_filled_index_and_mismatched_sizes(tmp_path: Path
         merge_blocks(faiss.clone_index(trained), files, counts[:1], tmp_path / "y.ivfdata")
     with pytest.raises(ValueError, match="need an IVF index, not IndexFlat"):
         merge_blocks(faiss.IndexFlat(D), files, counts, tmp_path / "z.ivfdata")
+
+
+def many_list_blocks(tmp: Path, nlist: int, sizes: tuple[int, ...]) -> tuple[faiss.Index, list]:
+    """An IVF,Flat of `nlist` random centroids (set, not trained: k-means at thousands of lists
+    is slow) and block files of `sizes` random vectors with distinct ids."""
+    rng = np.random.default_rng(nlist)
+    quantizer = faiss.IndexFlatIP(D)
+    quantizer.add(rng.standard_normal((nlist, D)).astype(np.float32))
+    trained = faiss.IndexIVFFlat(quantizer, D, nlist, faiss.METRIC_INNER_PRODUCT)
+    trained.is_trained = True
+    trained.this.disown()  # below: clones own their own quantizer
+    files, counts, first = [], [], 0
+    for b, n in enumerate(sizes):
+        block = faiss.clone_index(trained)
+        xb = rng.standard_normal((n, D)).astype(np.float32)
+        block.add_with_ids(xb, np.arange(first, first + n))
+        first += n
+        files.append(str(tmp / f"block-{b}.faiss"))
+        faiss.write_index(block, files[-1])
+        counts.append(list_sizes(block))
+    return faiss.clone_index(trained), files, counts
+
+
+def list_ids(invlists, j: int) -> np.ndarray:
+    n = invlists.list_size(j)
+    if not n:
+        return np.empty(0, np.int64)
+    ptr = invlists.get_ids(j)
+    ids = faiss.rev_swig_ptr(ptr, n).copy()
+    invlists.release_ids(j, ptr)
+    return ids
+
+
+def check_merge_at_many_lists(tmp: Path, nlist: int) -> None:
+    """Every list of the merged index has the summed size of its blocks' lists and their ids,
+    in block order."""
+    empty, files, counts = many_list_blocks(tmp, nlist, (9000, 1, 7000))
+    merge_blocks(empty, files, counts, tmp / "lists.ivfdata")
+    assert empty.ntotal == 16001
+    merged = ivf_of(empty).invlists
+    expected = [[] for _ in range(nlist)]
+    for path in files:
+        block = faiss.read_index(path)  # held: its lists die with it
+        for j in range(nlist):
+            expected[j].append(list_ids(ivf_of(block).invlists, j))
+    for j in range(nlist):
+        np.testing.assert_array_equal(list_ids(merged, j), np.concatenate(expected[j]))
+
+
+@pytest.mark.parametrize("nlist", [2048, 8192])
+def test_merge_at_thousands_of_lists_keeps_every_size_and_entry(tmp_path: Path, nlist) -> None:
+    check_merge_at_many_lists(tmp_path, nlist)
+
+
+@pytest.mark.parametrize("nlist", [2048, 20000])  # 20000 x 8 bytes: a freed mmap, not a heap block
+def test_merge_survives_scribbled_freed_memory(tmp_path: Path, nlist: int) -> None:
+    """The list sizes FAISS copies must still be alive when it reads them: run the merge in a
+    process whose allocator scribbles over freed memory (MALLOC_PERTURB_), where a pointer
+    into a freed temporary reads garbage (or faults) every time."""
+    env = {**os.environ, "MALLOC_PERTURB_": "165", "OMP_NUM_THREADS": "1"}
+    script = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " + (
+        f"import test_merge; from pathlib import Path; "
+        f"test_merge.check_merge_at_many_lists(Path({str(tmp_path)!r}), {nlist})"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_merge_whose_lists_do_not_hold_the_blocks_entries_is_refused(tmp_path: Path) -> None:
+    from coins.serve.index.merge import MergeError, check_merged
+
+    empty, files, counts = many_list_blocks(tmp_path, 64, (500, 300))
+    lists = tmp_path / "lists.ivfdata"
+    merge_blocks(empty, files, counts, lists)
+    total = np.sum(counts, axis=0, dtype=np.int64)
+    sums = np.zeros(64, np.uint64)
+    for j in range(64):
+        sums[j] = list_ids(ivf_of(empty).invlists, j).view(np.uint64).sum(dtype=np.uint64)
+    check_merged(empty, lists, total, sums)  # as merged: passes
+    wrong = total.copy()
+    wrong[3] += 1
+    with pytest.raises(MergeError, match="wrong size"):
+        check_merged(empty, lists, wrong, sums)
+    bad = sums.copy()
+    j = int(np.flatnonzero(total)[0])
+    bad[j] += np.uint64(1)  # as if one id of list j were scribbled over
+    with pytest.raises(MergeError, match=f"inverted list {j} does not hold the ids"):
+        check_merged(empty, lists, total, bad)
