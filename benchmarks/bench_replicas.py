@@ -12,6 +12,13 @@ atomic rename of index.json), `--pause` seconds apart. Reported per commit: seco
 commit (the rename) until each replica, asked directly, serves the new item count; and over the
 run: failed searches (any non-200 or transport error) and their number per second.
 
+With `--kill-replica SECONDS` there are no commits: after that many seconds of searching,
+replica a is killed with SIGKILL (every process of it), and the run reports the searches that
+failed through nginx (target 0), the seconds until the script's supervisor had it ready again,
+and the script's log lines of the death and the restart (issue 26).
+
+    python benchmarks/bench_replicas.py --kill-replica 5 --clients 4
+
 Without --index-dir/--model it builds a tiny random model and a flat index of `--gallery`
 random unit vectors (benchmarks/bench_live_updates.py `build`). Exit status 1 unless every
 generation reached both replicas within `--target` seconds with no failed search. Needs nginx
@@ -47,9 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_replicas(
-    index_dir: Path, model: Path, run_dir: Path, interval: float
+    index_dir: Path, model: Path, run_dir: Path, interval: float, log: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    """deploy/replicas.sh on free ports; its process and the nginx and replica URLs."""
+    """deploy/replicas.sh on free ports; its process and the nginx and replica URLs; its
+    stderr (the supervisors' log) goes to `log` if given."""
     ports = {name: free_port() for name in ("nginx", "a", "b")}
     env = {
         **os.environ,
@@ -59,7 +67,8 @@ def start_replicas(
     }  # fmt: skip
     cmd = ["bash", str(ROOT / "deploy" / "replicas.sh"), str(index_dir), str(model),
            "--workers", "2", "--threads", "1", "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stderr = open(log, "ab") if log is not None else None  # noqa: SIM115 (the child holds it)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=stderr)
     return proc, {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
 
@@ -111,6 +120,65 @@ def seconds_until_served(urls: dict[str, str], ntotal: int, since: float, timeou
                 out[name] = round(time.perf_counter() - since, 2)
         time.sleep(0.02)
     return out
+
+
+def serving_pids(port: str) -> list[int]:
+    """The pids of every `coins serve` process listening on `port` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"serve" in argv and b"--port" in argv and port.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_one(
+    index_dir: Path, model: Path, run_dir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Search through nginx while replica a is killed with SIGKILL and restarted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = run_dir.parent / "replicas.log"
+    proc, urls = start_replicas(index_dir, model, run_dir, args.interval, log)
+    try:
+        wait_ready(proc, [urls["a"], urls["b"]], timeout=120)
+        dim = httpx.get(f"{urls['nginx']}/v1/index").json()["dim"]
+        seconds = args.kill_replica + 4 * args.target
+        with ThreadPoolExecutor(1) as pool:
+            searching = pool.submit(
+                search_for, urls["nginx"], dim, args.clients, seconds, args.seed
+            )
+            time.sleep(args.kill_replica)
+            victims = serving_pids(urls["a"].rsplit(":", 1)[1])
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            killed = time.perf_counter()
+            back = None
+            while back is None and time.perf_counter() - killed < 3 * args.target:
+                try:
+                    if httpx.get(f"{urls['a']}/readyz", timeout=1).status_code == 200:
+                        back = round(time.perf_counter() - killed, 2)
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            searches = searching.result()
+        stopped_early = proc.poll()
+    finally:
+        stop_replicas(proc)
+    lines = log.read_text().splitlines() if log.exists() else []
+    return {
+        "killed_pids": victims,
+        "seconds_until_ready_again": back,
+        "searches_ok": len(searches.timings),
+        "failed_searches": len(searches.failed),
+        "failures": sorted(set(searches.failed))[:10],
+        "latency_ms": searches.latency_ms(),
+        "script_exited_early": stopped_early,
+        "supervisor_log": [line for line in lines if "replica" in line],
+    }
 
 
 def run(index_dir: Path, model: Path, run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -166,6 +234,10 @@ def main() -> int:
     parser.add_argument("--index-dir", type=Path, help="an index to copy (default: build one)")
     parser.add_argument("--model", type=Path, help="the ONNX model of --index-dir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--kill-replica", type=float, metavar="SECONDS",
+        help="instead of commits: SIGKILL replica a after SECONDS of searching",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
     args = parser.parse_args()
     if (args.index_dir is None) != (args.model is None):
@@ -176,11 +248,15 @@ def main() -> int:
         root = Path(tmp)
         model, (shared,) = index_copies(root, args, ["shared"])
         results: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count()}
-        results.update(run(shared, model, root / "run", args))
+        measure = kill_one if args.kill_replica is not None else run
+        results.update(measure(shared, model, root / "run", args))
         results["load_average_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=1))
+    if args.kill_replica is not None:
+        back = results["seconds_until_ready_again"]
+        return 0 if back is not None and results["failed_searches"] == 0 else 1
     worst = results["worst_seconds_until_both_served"]
     ok = worst is not None and worst <= args.target and results["failed_searches"] == 0
     return 0 if ok else 1

@@ -13,6 +13,12 @@
 # with an API key and no --follow) commits new generations, and each replica swaps them in
 # within FOLLOW_INTERVAL seconds plus a load. Runs in the foreground; Ctrl-C or SIGTERM stops
 # nginx and both replicas.
+#
+# A replica that dies (a crash, kill -9, out of memory) is restarted after RESTART_DELAY
+# seconds (default 1) by its own supervising loop, with its death and restart logged on stderr;
+# meanwhile nginx sends its requests to the other replica, retrying there the ones refused.
+# Only nginx's own exit ends the deployment. A replica that dies more than MAX_RESTARTS times
+# (default 10) within a minute is left down and said so (its log names why).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
@@ -54,10 +60,37 @@ trap stop EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
 
+log() { echo "$(date -u +%FT%TZ) $0: $*" >&2; }
+
+# Run one replica for as long as the deployment runs: restart it whenever it exits.
+supervise() {
+    local port=$1 child= status deaths=() now
+    trap '[[ -n $child ]] && kill -TERM "$child" 2>/dev/null; wait 2>/dev/null; exit 0' TERM
+    while true; do
+        # shellcheck disable=SC2086  # COINS may be a command with arguments
+        $COINS serve "$INDEX_DIR" --model "$MODEL" --follow --follow-interval "$FOLLOW_INTERVAL" \
+            --host 127.0.0.1 --port "$port" "${SERVE_FLAGS[@]}" >>"$RUN_DIR/replica-$port.log" 2>&1 &
+        child=$!
+        log "replica :$port started (pid $child)"
+        status=0
+        wait "$child" || status=$?
+        now=$(date +%s)
+        deaths=("$now" "${deaths[@]:0:$MAX_RESTARTS}")
+        log "replica :$port (pid $child) exited with status $status; see $RUN_DIR/replica-$port.log"
+        if (( ${#deaths[@]} > MAX_RESTARTS && now - deaths[MAX_RESTARTS] < 60 )); then
+            log "replica :$port died $((MAX_RESTARTS + 1)) times in a minute; leaving it down"
+            return 1
+        fi
+        sleep "$RESTART_DELAY"
+        log "restarting replica :$port"
+    done
+}
+
+SERVE_FLAGS=("$@")
+RESTART_DELAY=${RESTART_DELAY:-1}
+MAX_RESTARTS=${MAX_RESTARTS:-10}
 for port in "$PORT_A" "$PORT_B"; do
-    # shellcheck disable=SC2086  # COINS may be a command with arguments
-    $COINS serve "$INDEX_DIR" --model "$MODEL" --follow --follow-interval "$FOLLOW_INTERVAL" \
-        --host 127.0.0.1 --port "$port" "$@" >"$RUN_DIR/replica-$port.log" 2>&1 &
+    supervise "$port" &
     pids+=($!)
 done
 
@@ -66,10 +99,12 @@ sed -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@HOST@|$HOST|g" -e "s|@PORT@|$PORT|g" \
     "$HERE/nginx.conf.template" >"$RUN_DIR/nginx.conf"
 nginx -p "$RUN_DIR" -e "$RUN_DIR/error.log" -c "$RUN_DIR/nginx.conf" -t -q
 nginx -p "$RUN_DIR" -e "$RUN_DIR/error.log" -c "$RUN_DIR/nginx.conf" &
-pids+=($!)
+nginx_pid=$!
+pids+=("$nginx_pid")
 echo "replicas on 127.0.0.1:$PORT_A and :$PORT_B (logs in $RUN_DIR), nginx on $HOST:$PORT"
 
-# whichever ends first (a replica, or nginx) ends the deployment
-wait -n
-echo "$0: a process of the deployment exited; stopping the others" >&2
+# nginx is the deployment's front door: its exit ends the deployment (a replica's does not)
+status=0
+wait "$nginx_pid" || status=$?
+log "nginx exited with status $status; stopping the replicas"
 exit 1
