@@ -4,15 +4,18 @@ Each app owns its registry, so several apps (tests, a reload) never collide on m
 Under `coins serve --processes N` (PROMETHEUS_MULTIPROC_DIR set), every process writes its
 samples to files there and /metrics answers the sum over all of them (`exposition`): counters
 and histograms add up, `coins_ready` has one sample per live process (label `pid`) and
-`coins_index_items` is the largest over live processes.
+`coins_index_items` is the largest over live processes; a process killed without a clean exit
+is dropped from both at the next scrape (`forget_dead_processes`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -87,11 +90,51 @@ def multiprocess_dir() -> str | None:
 
 def exposition(metrics: ServiceMetrics) -> bytes:
     """The Prometheus text of this process, or of all processes sharing multiprocess_dir()."""
-    if multiprocess_dir() is None:
+    folder = multiprocess_dir()
+    if folder is None:
         return generate_latest(metrics.registry)
+    forget_dead_processes(folder)
     merged = CollectorRegistry()
     multiprocess.MultiProcessCollector(merged)  # reads every process's files at each scrape
     return generate_latest(merged)
+
+
+_LIVE_GAUGE = re.compile(r"^gauge_(?:live\w+)_(\d+)\.db$")  # prometheus_client's live modes
+
+
+def forget_dead_processes(folder: str) -> list[int]:
+    """Drop the live gauges (`coins_ready`, `coins_index_items`) of every process that no
+    longer runs, however it died: `process_exited` runs only on a clean exit, not after a
+    SIGKILL or a crash. A pid that runs but is not a sibling of this process (the workers of
+    one supervisor share their parent) was reused by another program: its worker is dead too.
+    Returns the pids dropped."""
+    pids = {int(m.group(1)) for name in os.listdir(folder) if (m := _LIVE_GAUGE.match(name))}
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not _sibling_alive(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, folder)
+    return dead
+
+
+def _sibling_alive(pid: int) -> bool:
+    if not Path("/proc").is_dir():  # not Linux: whether it exists is all we can tell
+        return _exists(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # gone
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    state, ppid = fields[0], int(fields[1])
+    return state != "Z" and ppid == os.getppid()  # a zombie is dead, awaiting its parent
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def process_exited() -> None:

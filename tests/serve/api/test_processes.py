@@ -3,7 +3,9 @@ sums them; admin writes (an API key) are refused, since the one writer is a sepa
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -76,3 +78,54 @@ def test_two_processes_answer_searches_and_metrics_sum_both(
     finally:
         stop_server(proc)
     assert not list(metrics_dir.glob("*.db"))  # cleaned at exit
+
+
+_WORKER = """
+import os, signal, sys
+from coins.serve.api.observability import ServiceMetrics, exposition
+m = ServiceMetrics()
+m.ready.set(1)
+m.index_size.set(int(sys.argv[1]))
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)  # no clean exit: process_exited never runs
+sys.stdout.write(exposition(m).decode())
+"""
+
+
+def test_a_worker_killed_without_a_clean_exit_leaves_the_metrics(tmp_path: Path) -> None:
+    """Two sibling workers share a metrics folder; one dies by SIGKILL: the other's /metrics
+    shows only itself as ready, and the index size of the live one."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    run = [sys.executable, "-c", _WORKER]
+    killed = subprocess.run([*run, "999", "kill"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert {p.name for p in tmp_path.glob("gauge_live*.db")}  # what the dead one left behind
+    live = subprocess.run([*run, "5", "live"], env=env, capture_output=True, text=True)
+    assert live.returncode == 0, live.stderr
+    ready = re.findall(r'^coins_ready\{pid="(\d+)"\} (\S+)$', live.stdout, re.M)
+    assert len(ready) == 1 and ready[0][1] == "1.0", live.stdout  # itself only
+    assert re.search(r"^coins_index_items 5\.0$", live.stdout, re.M), live.stdout
+    assert len(list(tmp_path.glob("gauge_live*.db"))) == 2  # its own two: the dead one's gone
+
+
+@pytest.mark.slow
+def test_metrics_after_a_worker_is_killed_list_only_live_processes(
+    tiny_built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    proc, url = start_server(tiny_built, "--processes", "2", "--mmap", timeout=120)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    try:
+        deadline = time.monotonic() + 120
+        while len(pids := ready_pids(url)) < 2:
+            assert time.monotonic() < deadline, "the second process never became ready"
+            time.sleep(0.2)
+        victim = sorted(pids)[0]
+        os.kill(int(victim), signal.SIGKILL)
+        while len(now := ready_pids(url) - {victim}) < 2:  # uvicorn starts a replacement
+            assert time.monotonic() < deadline + 60, f"no replacement: {now}"
+            time.sleep(0.2)
+        for _ in range(2):  # at every scrape, whichever process answers it
+            assert victim not in ready_pids(url)
+    finally:
+        stop_server(proc)
