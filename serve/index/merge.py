@@ -49,7 +49,9 @@ def merge_blocks(
     if len(blocks) != len(sizes):
         raise ValueError(f"{len(blocks)} block files but {len(sizes)} lists of list sizes")
     nlist, code_size = ivf.nlist, ivf.code_size
-    total = np.sum(sizes, axis=0, dtype=np.int64) if len(sizes) else np.zeros(nlist, np.int64)
+    total = np.zeros(nlist, np.int64)  # [nlist] entries of each list, over the blocks
+    for counts in sizes:
+        total += np.asarray(counts, dtype=np.int64)
     span = total * (code_size + ID_BYTES)  # [nlist] bytes of each list: codes, then ids
     codes_at = np.cumsum(span) - span
     ids_at = codes_at + total * code_size

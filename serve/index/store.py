@@ -522,7 +522,7 @@ def new_generation(index_dir: str | Path, overwrite: bool) -> Iterator[int]:
 
 def _committed(index_dir: str | Path, generation: int) -> bool:
     try:
-        return IndexManifest.load(index_dir).generation >= generation
+        return IndexManifest.load(Path(index_dir)).generation >= generation
     except IndexLoadError:
         return False
 
