@@ -7,7 +7,7 @@ directory. The two other entry points only gather ids, vectors, rows and provena
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from coins.serve.index.choice import choose_index, train_size
+from coins.serve.index.fields import infer_schema
 from coins.serve.index.manifest import Tuning, Verify, gallery_roots, new_manifest
 from coins.serve.index.store import (
     IndexUpdateError,
@@ -50,13 +51,17 @@ def build_index(
     tune_queries: int = TUNE_QUERIES,
     overwrite: bool = False,
     seed: int = 0,
+    fields: Mapping[str, str] | None = None,
 ) -> SearchIndex:
     """Build, tune and save an index of L2-normalised `vectors` [n, D] with int64 `ids` [n] and
     one metadata row each. `index_key`: auto, flat, hnsw, ivf, ivfpq or a FAISS factory string.
-    `classes` numbers the class names (default: sorted names of the rows)."""
+    `classes` numbers the class names (default: sorted names of the rows). The rows' columns
+    beyond id/path/coarse/fine/split are typed fields: `fields` declares types (name -> int,
+    float, bool, string, timestamp), the others are inferred (fields.py)."""
     xb = check_vectors(vectors, None, "vectors")
     ids = check_ids(ids, len(xb))
-    rows = check_rows(rows, ids)
+    schema = infer_schema(rows, fields)
+    rows = schema.parse_rows(check_rows(rows, ids))
     n, d = xb.shape
     choice = choose_index(index_key, n, d, max_memory)
     index, key = new_faiss_index(choice.key, d)
@@ -77,6 +82,7 @@ def build_index(
         id_scheme=(source or {}).get("id_scheme"),
         roots=gallery_roots(source or {}, rows),
         classes=classes or class_lists(rows),
+        fields=dict(schema.fields),
     )
     return SearchIndex.create(index, rows, manifest, out_dir, overwrite=overwrite)
 
@@ -141,12 +147,31 @@ def append_to_index(
     rows: list[dict[str, Any]],
     model_sha256: str | None = None,
     source: dict[str, Any] | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> SearchIndex:
-    """Add items to an existing index directory and save it; the model must be the same.
+    """Add items to an existing index directory and save it; the model must be the same, and
+    the rows' fields the index's (`fields` declares types, as in `build_index`).
     `source` is the gallery they come from (its folders join the manifest's `roots`)."""
     index = SearchIndex.load(index_dir, model_sha256=model_sha256)
-    _add_and_save(index, ids, vectors, rows, source)
+    _add_and_save(index, ids, vectors, append_rows(index, rows, fields), source)
     return index
+
+
+def append_rows(
+    index: SearchIndex, rows: list[dict[str, Any]], fields: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows joining `index`, typed by its schema; FieldError (a ValueError) naming the
+    difference when their fields are not the index's. An index without a schema (built before
+    typed fields) takes rows as they are, untyped, and no declared `fields`."""
+    schema = index.schema
+    if schema is None:
+        if fields:
+            raise IndexUpdateError(
+                f"{index.index_dir} records no field schema (built before typed fields): "
+                "rebuild it to declare fields"
+            )
+        return rows
+    return schema.conform(rows, fields)
 
 
 def _add_and_save(
@@ -187,7 +212,7 @@ def build_index_from_embeddings(
     embeddings = open_embeddings(folders, verify=verify)
     sources = embeddings.info["sources"]
     if append:
-        return append_from_source(embeddings, out_dir, {"sources": sources})
+        return append_from_source(embeddings, out_dir, {"sources": sources}, **options)
     source: dict[str, Any] = {"embeddings": [str(f.resolve()) for f in folders]}
     source |= sources[0] if len(sources) == 1 else {"kind": "embeddings", "sources": sources}
     return build_from_source(embeddings, out_dir, source=source, **options)
@@ -208,6 +233,7 @@ def build_index_from_model(
     strict: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    fields: Mapping[str, str] | None = None,
     **options: Any,
 ) -> tuple[SearchIndex, list[tuple[Path, str]]]:
     """Embed a gallery (a data set split, a folder of images or a CSV manifest) with an ONNX
@@ -231,6 +257,8 @@ def build_index_from_model(
             raise IndexUpdateError(f"{out_dir}: this index cannot remove ids, so cannot replace")
     elif (Path(out_dir) / "index.json").exists() and not options.get("overwrite"):
         raise IndexUpdateError(f"{out_dir} already holds an index; pass append, or another dir")
+    if existing is not None:  # check the fields before embedding too
+        append_rows(existing, gallery.rows, fields)
     done = embed_items(model, gallery, batch_size, strict, progress)
     ids, rows = done.ids, done.rows
     failed = [(Path(s["path"]), s["reason"]) for s in done.skipped]
@@ -238,6 +266,7 @@ def build_index_from_model(
         if present.any():  # replace: removed only now, once their new vectors are ready
             existing.remove(gallery.ids[present])
         if len(ids):
+            rows = append_rows(existing, rows, fields)
             _add_and_save(existing, ids, done.vectors, rows, gallery.source)
         return existing, failed
     index = build_index(
@@ -249,6 +278,7 @@ def build_index_from_model(
         preprocess=model.metadata.get("preprocess"),
         source=gallery.source,
         classes=model_classes(model.coarse_classes, rows),
+        fields=fields,
         **options,
     )
     return index, failed
@@ -288,13 +318,15 @@ def build_gallery_index(
     on_disk: bool = False,
     verify: Verify = "fast",
     log: Any = None,
+    fields: Mapping[str, str] | None = None,
 ) -> tuple[SearchIndex, list[tuple[Path, str]]]:
     """`coins index`: an index of a gallery embedded by an ONNX `model`, or of the shard folders
     of `coins embed` (exactly one of the two); with the images skipped as undecodable.
 
     With `append` the items join the index in `out_dir`, whose choice and tuning stay.
     `on_disk` (shard folders only) keeps the IVF lists in a file; `verify` is how the shards
-    are checked; `log` gets the progress lines of a build from shards.
+    are checked; `log` gets the progress lines of a build from shards. `fields` declares the
+    types of fields (name -> type); the others are inferred from the rows (fields.py).
     """
     if (model is None) == (not from_embeddings):
         given = "both" if model is not None else "neither"
@@ -303,7 +335,7 @@ def build_gallery_index(
         )
     if on_disk and (model is not None or append):
         raise ValueError("on_disk builds a new index from from_embeddings shard folders only")
-    options: dict[str, Any] = {"append": append}
+    options: dict[str, Any] = {"append": append, "fields": fields}
     if not append:
         memory = None if max_memory_gb is None else int(max_memory_gb * 2**30)
         options |= {"index_key": index_key, "target_recall": target_recall}

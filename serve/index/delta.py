@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from coins.serve.index.metadata import MetadataStore
+
+if TYPE_CHECKING:
+    from coins.serve.index.filters import Where
 
 
 class MetadataDelta:
@@ -50,6 +53,16 @@ class MetadataDelta:
             gone = np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted))
         new = self.added.ids_where(coarse=coarse, fine=fine)
         return np.union1d(np.setdiff1d(old, gone), new)  # sorted, as the base's
+
+    def ids_matching(self, where: Where) -> np.ndarray:
+        """Ids (ascending) where `where` holds: the base's not deleted, and the added rows'."""
+        old = self.base.ids_matching(where)
+        with self._mutex:
+            gone = np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted))
+        new = self.added.ids_matching(where)
+        if gone.size:  # the common case, no deletes or no adds, skips a sort of every match
+            old = old[~np.isin(old, gone)]
+        return np.union1d(old, new) if new.size else old
 
     def labels(self) -> tuple[np.ndarray, list[str | None], list[str | None]]:
         ids, coarse, fine = self.base.labels()

@@ -55,7 +55,7 @@ class LiveLog:
         xb = check_vectors(vectors, self.index.dim, "vectors")
         if len(xb) != len(ids):
             raise IndexUpdateError(f"{len(ids)} ids but {len(xb)} vectors")
-        rows = check_rows(rows, ids)
+        rows = check_rows(rows, ids, self.index.schema)
         taken = [int(i) for i, row in zip(ids, self.index.metadata(ids), strict=True) if row]
         if taken:
             raise IndexUpdateError(f"ids already in the index: {taken[:10]}")

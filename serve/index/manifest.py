@@ -118,6 +118,8 @@ class IndexManifest:
     # (`gallery_roots`): the server shows, and lets admins add, only images inside them
     classes: dict[str, list[str]] = field(default_factory=dict)  # "coarse"/"fine" -> names; the
     # position of a name is its label number in `SearchIndex.ids_where`
+    fields: dict[str, str] | None = None  # the items' typed fields, name -> type (fields.py);
+    # None in an index built before typed fields: its extra columns are untyped JSON
     created: str = ""  # ISO 8601, UTC
     updated: str = ""
     generation: int = 0  # incremented by every save; names the files of that version

@@ -1,8 +1,10 @@
 """Metadata of the indexed items in SQLite, beside the FAISS index: id -> path, coarse, fine, extra.
 
 One table, `items(id INTEGER PRIMARY KEY, path, coarse, fine, extra)`. `coarse` and `fine` are
-text (class names, or label numbers written as text), `extra` the remaining columns of a row as
-JSON. A database file belongs to one version of the index directory and is never changed once
+text (class names, or label numbers written as text), `extra` the item's fields as a JSON object
+(typed values: fields.py). A build indexes coarse, fine and each field's JSON value
+(`index_fields`), so that a filter (filters.py, `ids_matching`) reads an index, not every row.
+A database file belongs to one version of the index directory and is never changed once
 that version is committed: an update copies it to the next version's name first (`copy_to`).
 """
 
@@ -11,11 +13,15 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from coins.serve.index.fields import Schema
+    from coins.serve.index.filters import Where
 
 COLUMNS = ("id", "path", "coarse", "fine")  # the columns of their own; the rest goes to `extra`
 
@@ -28,6 +34,7 @@ CREATE TABLE IF NOT EXISTS items (
     extra TEXT NOT NULL DEFAULT '{}'
 )
 """
+_BATCH = 10_000  # rows per batch of `type_fields`
 _CHUNK = 900  # ids per `IN (...)` query: SQLite allows 999 host parameters by default
 
 
@@ -119,6 +126,56 @@ class MetadataStore:
         rows = self._db.execute(f"SELECT id FROM items{where} ORDER BY id", args).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    def ids_matching(self, where: Where) -> np.ndarray:
+        """Ids (int64, ascending) of the rows where `where` (filters.compile_filter) holds."""
+        cur = self._db.execute(f"SELECT id FROM items WHERE {where.sql}", where.args)
+        ids = np.fromiter((r[0] for r in cur), dtype=np.int64)
+        ids.sort()
+        return ids
+
+    def index_fields(self, names: Sequence[str]) -> None:
+        """Create the indexes filters use: coarse, fine and each field's value (call before the
+        file is committed: a committed file is never changed)."""
+        from coins.serve.index.filters import field_expression
+
+        with self._db:
+            self._db.execute("CREATE INDEX IF NOT EXISTS items_coarse ON items(coarse)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS items_fine ON items(fine)")
+            for n, name in enumerate(names):
+                self._db.execute(
+                    f"CREATE INDEX IF NOT EXISTS items_field_{n} ON items({field_expression(name)})"
+                )
+
+    def type_fields(self, declared: Mapping[str, str] | None = None) -> Schema:
+        """Infer the fields' schema from every row (`declared` types win), store the values
+        typed and index them; for a build that inserted text rows (`coins embed` shards). Reads
+        the rows twice, _BATCH at a time: memory stays bounded at any size."""
+        from coins.serve.index.fields import infer_schema
+
+        schema = infer_schema(self._extras(), declared)
+        last = None
+        while batch := self._extra_batch(last):
+            typed = schema.parse_rows([{"id": i, **extra} for i, extra in batch])
+            with self._db:
+                self._db.executemany(
+                    "UPDATE items SET extra = ? WHERE id = ?",
+                    [(_extra_json(row), row["id"]) for row in typed],
+                )
+            last = batch[-1][0]
+        self.index_fields(list(schema.fields))
+        return schema
+
+    def _extras(self) -> Iterator[dict[str, Any]]:
+        last = None
+        while batch := self._extra_batch(last):
+            yield from (extra for _, extra in batch)
+            last = batch[-1][0]
+
+    def _extra_batch(self, after: int | None) -> list[tuple[int, dict[str, Any]]]:
+        query = "SELECT id, extra FROM items WHERE id > ? ORDER BY id LIMIT ?"
+        rows = self._db.execute(query, (-(2**63) if after is None else after, _BATCH))
+        return [(i, json.loads(e)) for i, e in rows]  # id -(2**63) itself: never an item id
+
     def class_names(self) -> dict[str, list[str]]:
         """Sorted distinct coarse and fine labels (without loading every row)."""
         return {
@@ -139,10 +196,9 @@ def _record(row: dict[str, Any]) -> tuple[int, str | None, str | None, str | Non
     """One row as the table's columns; the columns beyond COLUMNS go to `extra` as JSON."""
     if "id" not in row:
         raise MetadataError(f"metadata row without an 'id': {row!r}")
-    extra = {k: v for k, v in row.items() if k not in COLUMNS}
     try:
-        extra_json = json.dumps(extra, sort_keys=True)
-    except TypeError as e:
+        extra_json = _extra_json(row)
+    except (TypeError, ValueError) as e:
         raise MetadataError(f"metadata row {row['id']}: extra columns not JSON ({e})") from e
 
     def text(value: Any) -> str | None:
@@ -155,6 +211,11 @@ def _record(row: dict[str, Any]) -> tuple[int, str | None, str | None, str | Non
         text(row.get("fine")),
         extra_json,
     )
+
+
+def _extra_json(row: dict[str, Any]) -> str:
+    """The columns of a row beyond COLUMNS, as the JSON text of `extra`."""
+    return json.dumps({k: v for k, v in row.items() if k not in COLUMNS}, sort_keys=True)
 
 
 def _chunks(ids: np.ndarray) -> list[list[int]]:

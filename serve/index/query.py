@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from coins.serve.index.filters import Filter, label_filter, parse_filter
 from coins.serve.index.store import SearchIndex, UnknownIdError, check_vectors, result_rows
 
 
@@ -38,9 +39,11 @@ def search_index(
     model: str | Path | None = None,
     coarse: str | None = None,
     fine: str | None = None,
+    filter: Filter | dict[str, Any] | str | None = None,
 ) -> list[list[Neighbour]]:
     """The k neighbours of each query, from exactly one of `image` (needs `model`), `item_id`
-    or `vector_file` (.npy, [D] or [nq, D]); `coarse` / `fine` keep only items of that class."""
+    or `vector_file` (.npy, [D] or [nq, D]); `coarse` / `fine` keep only items of that class,
+    `filter` (filters.py, a Filter, its JSON text or object) those it keeps."""
     queries = {"image": image, "id": item_id, "vector-file": vector_file}
     given = [name for name, value in queries.items() if value is not None]
     if len(given) != 1:
@@ -59,9 +62,12 @@ def search_index(
             else _read_vectors(vector_file)
         )
         xq = check_vectors(raw, index.dim, "query vectors", normalise=True)
-    allowed = None if coarse is None and fine is None else index.ids_where(coarse, fine)
+    f = _combined(
+        parse_filter(filter),
+        label_filter(None if coarse is None else [coarse], None if fine is None else [fine]),
+    )
     extra = 1 if item_id is not None else 0  # the item itself comes back first: drop it
-    D, I = index.search(xq, k + extra, allowed_ids=allowed)
+    D, I = index.search(xq, k + extra, filter=f)
     exclude = None if item_id is None else np.full(len(xq), item_id)
     results = []
     for ids, scores in result_rows(D, I, k, exclude):
@@ -73,6 +79,12 @@ def search_index(
             ]
         )
     return results
+
+
+def _combined(*filters: Filter | None) -> Filter | None:
+    """A filter keeping what each given one keeps."""
+    given: list[Any] = [f for f in filters if f is not None]
+    return None if not given else given[0] if len(given) == 1 else Filter(must=given)
 
 
 def _embed_image(

@@ -22,7 +22,6 @@ makes the index read-only here: `add` and `remove` are refused (load without `mm
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import time
@@ -35,6 +34,16 @@ import numpy as np
 
 from coins.retrieval.atomic import atomic_path
 from coins.serve.index.delta import MetadataDelta
+from coins.serve.index.fields import Schema
+from coins.serve.index.filtered import search_allowed
+from coins.serve.index.filters import (
+    Filter,
+    FilterError,
+    HasId,
+    compile_filter,
+    label_filter,
+    parse_filter,
+)
 from coins.serve.index.idmap import IdMap
 from coins.serve.index.live import LiveLog, replay
 from coins.serve.index.manifest import (
@@ -47,7 +56,7 @@ from coins.serve.index.manifest import (
     now_utc,
 )
 from coins.serve.index.metadata import MetadataError, MetadataStore
-from coins.serve.index.tuning import HNSW_EF_MAX, hnsw_of, inner_index, ivf_of, set_knob
+from coins.serve.index.tuning import inner_index, ivf_of, set_knob
 from coins.serve.index.wal import log_generations, log_path
 
 __all__ = [
@@ -189,6 +198,7 @@ class SearchIndex:
         generation = prepare_directory(index_dir, overwrite)
         store = new_metadata(index_dir, generation)
         store.insert(rows)
+        store.index_fields(list(manifest.fields or {}))
         return cls.commit_new(index, store, manifest, index_dir, generation)
 
     @classmethod
@@ -246,23 +256,49 @@ class SearchIndex:
         inner = inner_index(self.index)
         return isinstance(inner, faiss.IndexFlatCodes) or ivf_of(self.index) is not None
 
+    @property
+    def schema(self) -> Schema | None:
+        """The items' typed fields (None: an index built before typed fields)."""
+        fields = self.manifest.fields
+        return None if fields is None else Schema(dict(fields))  # type: ignore[arg-type]
+
     def search(
-        self, xq: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+        self,
+        xq: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        filter: Filter | dict[str, Any] | str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Cosine scores D and ids I [nq, k] of the k nearest stored vectors of each query.
-        With `allowed_ids`, only those ids are searched. Rows with fewer than k results end
-        in id -1. Queries must be L2-normalised already (where they enter: the API's
-        `normalise`, `coins search`, the ONNX runner); a row that is not is a ValueError.
-        Unfiltered searches go to `gpu_index` when there is one (`use_gpu`); FAISS GPU
-        indexes take no ID selector, so filtered ones stay on the CPU."""
+        With `filter` (filters.py) and / or `allowed_ids`, only the items both keep are
+        searched, inside FAISS or exactly (filtered.py): k results whenever k items match.
+        Rows with fewer than k results end in id -1. Queries must be L2-normalised already
+        (where they enter: the API's `normalise`, `coins search`, the ONNX runner); a row that
+        is not is a ValueError; a bad filter a FilterError. Unfiltered searches go to
+        `gpu_index` when there is one (`use_gpu`); FAISS GPU indexes take no ID selector, so
+        filtered ones stay on the CPU."""
         xq = check_vectors(xq, self.dim, "queries")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if allowed_ids is None:
+        if allowed_ids is None and filter is None:
             return (self.gpu_index or self.index).search(xq, k)
-        allowed = np.ascontiguousarray(np.asarray(allowed_ids, dtype=np.int64).ravel())
-        sel = faiss.IDSelectorBatch(allowed)
-        return self.index.search(xq, k, params=self._search_parameters(sel, len(allowed)))
+        given = None
+        if allowed_ids is not None:
+            given = np.unique(np.asarray(allowed_ids, dtype=np.int64).ravel())
+        if filter is not None:
+            chosen = self.select(filter)
+            allowed = chosen if given is None else np.intersect1d(chosen, given)
+        else:
+            assert given is not None
+            allowed = self._held(given)
+        return search_allowed(self.index, xq, k, allowed, self._vectors)
+
+    def select(self, filter: Filter | dict[str, Any] | str | None) -> np.ndarray:
+        """Ids (int64, ascending) of the items `filter` keeps (every item for None); a filter
+        that does not fit the index (unknown field, wrong type) raises FilterError."""
+        f = parse_filter(filter) or Filter()
+        where = compile_filter(f, self.schema, self._class_number)
+        return self._store.ids_matching(where)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors [n, D] of `ids` (exact for Flat/IVF-Flat/HNSW, decoded for PQ)."""
@@ -270,11 +306,7 @@ class SearchIndex:
         missing = [int(i) for i, row in zip(ids, self._store.get(ids), strict=True) if row is None]
         if missing:
             raise UnknownIdError(f"ids not in the index: {missing[:10]}")
-        if len(ids) == 0:
-            return np.empty((0, self.dim), dtype=np.float32)
-        if self._idmap is not None:
-            return self._idmap.reconstruct(self.index, ids)
-        return self.index.reconstruct_batch(ids)
+        return self._vectors(ids)
 
     def metadata(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
         """The metadata row of each id (None for an id the index does not hold)."""
@@ -285,9 +317,15 @@ class SearchIndex:
     ) -> np.ndarray:
         """Ids whose labels match: a str is a class name, an int the class's position in the
         manifest's class list (the model's order for coarse classes when it has one)."""
-        return self._store.ids_where(
-            coarse=self._class_name("coarse", coarse), fine=self._class_name("fine", fine)
-        )
+        try:
+            return self.select(
+                label_filter(
+                    coarse=None if coarse is None else [coarse],
+                    fine=None if fine is None else [fine],
+                )
+            )
+        except FilterError as e:
+            raise ValueError(str(e).removeprefix("filter: ")) from None
 
     def labels(self) -> tuple[np.ndarray, list[str | None], list[str | None]]:
         """All ids (ascending) with their coarse and fine class names."""
@@ -306,7 +344,8 @@ class SearchIndex:
         xb = check_vectors(vectors, self.dim, "vectors")
         if len(xb) != len(ids):
             raise IndexUpdateError(f"{len(ids)} ids but {len(xb)} vectors")
-        rows = check_rows(rows, ids)
+        schema = self.schema
+        rows = check_rows(rows, ids, schema)
         taken = [int(i) for i, row in zip(ids, self._store.get(ids), strict=True) if row]
         if taken:
             raise IndexUpdateError(f"ids already in the index: {taken[:10]}")
@@ -315,6 +354,8 @@ class SearchIndex:
         if self.gpu_index is not None:
             self.gpu_index.add_with_ids(xb, ids)
         self._extend_classes(rows)
+        if schema is not None:  # new fields join the schema (fields.Schema.extended)
+            self.manifest.fields = dict(schema.extended(rows).fields)
         return self.ntotal
 
     def remove(self, ids: np.ndarray) -> int:
@@ -387,31 +428,26 @@ class SearchIndex:
             self._dirty = True
         return self._store
 
-    def _search_parameters(self, sel: faiss.IDSelector, allowed: int) -> faiss.SearchParameters:
-        """Parameters carrying `sel` and the index's nprobe / efSearch (a parameters object
-        replaces them: its defaults, nprobe 1 and efSearch 16, would apply).
+    def _vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors [n, D] of held ids (int64)."""
+        if len(ids) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        if self._idmap is not None:
+            return self._idmap.reconstruct(self.index, ids)
+        return self.index.reconstruct_batch(ids)
 
-        **[design]** Both are scaled by ntotal / allowed: a filter keeping 1 item in s leaves
-        1/s of the candidates a search visits, so it visits s times more to find as many.
-        """
-        scale = self.ntotal / max(1, allowed)
-        ivf = ivf_of(self.index)
-        if ivf is not None:
-            nprobe = min(int(ivf.nlist), math.ceil(ivf.nprobe * scale))
-            return _faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
-        hnsw = hnsw_of(self.index)
-        if hnsw is not None:
-            ef = min(HNSW_EF_MAX, math.ceil(hnsw.hnsw.efSearch * scale))
-            return _faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef, hnsw.hnsw.efSearch))
-        return _faiss.SearchParameters(sel=sel)
+    def _held(self, ids: np.ndarray) -> np.ndarray:
+        """The ids (ascending, unique) of `ids` the index holds."""
+        return self.select(Filter(must=[HasId(has_id=ids.tolist())]))
 
-    def _class_name(self, level: str, value: str | int | None) -> str | None:
-        if value is None or isinstance(value, str):
-            return value
+    def _class_number(self, level: str, value: int) -> str:
+        """Class number `value` of `level` as its name (FilterError when out of range)."""
         classes = self.manifest.classes.get(level) or []
-        if not 0 <= int(value) < len(classes):
-            raise ValueError(f"{level} class {value} out of range: the index has {len(classes)}")
-        return str(classes[int(value)])
+        if not 0 <= value < len(classes):
+            raise FilterError(
+                f"filter: {level} class {value} out of range: the index has {len(classes)}"
+            )
+        return str(classes[value])
 
     def _extend_classes(self, rows: list[dict[str, Any]]) -> None:
         """New class names get the next numbers, so existing numbers keep their meaning."""
@@ -481,14 +517,18 @@ def check_ids(ids: np.ndarray, n: int | None) -> np.ndarray:
     return ids
 
 
-def check_rows(rows: list[dict[str, Any]], ids: np.ndarray) -> list[dict[str, Any]]:
-    """Rows carry the ids, in order (a row without an id gets it)."""
+def check_rows(
+    rows: list[dict[str, Any]], ids: np.ndarray, schema: Schema | None = None
+) -> list[dict[str, Any]]:
+    """Rows carry the ids, in order (a row without an id gets it), and fit `schema` (its
+    fields' JSON types, a new field joining it: FieldError, a ValueError, naming the item and
+    field)."""
     out = []
     for row, i in zip(rows, ids, strict=True):
         if row.get("id", int(i)) != int(i):
             raise IndexUpdateError(f"metadata row {row!r} does not have id {int(i)}")
         out.append({**row, "id": int(i)})
-    return out
+    return out if schema is None else schema.extended(out).check_rows(out)
 
 
 def prepare_directory(index_dir: str | Path, overwrite: bool) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,8 +89,10 @@ def build_from_source(
     overwrite: bool = False,
     seed: int = 0,
     log: Any = None,
+    fields: Mapping[str, str] | None = None,
 ) -> SearchIndex:
-    """Build, tune and save an index of every chunk of `embeddings` in `out_dir`."""
+    """Build, tune and save an index of every chunk of `embeddings` in `out_dir`; `fields`
+    declares field types, the others are inferred from the rows (fields.py)."""
     say = log or (lambda message: None)
     n, d = embeddings.count, embeddings.dim
     choice = choose_index(index_key, n, d, max_memory, on_disk=on_disk)
@@ -112,6 +114,7 @@ def build_from_source(
         # there every vector goes in, and tuning leaves each query's own id out of its results.
         leave_one_out = blocks is not None
         gt = _fill(index, embeddings, store, held, xq, xq_ids, blocks, say)
+        schema = store.type_fields(fields)  # shard rows are text, as the csv's cells
         say(f"added {n:,} vectors in {time.perf_counter() - start:.0f} s")
         params: dict[str, int] = {}
         tuning = None
@@ -135,17 +138,25 @@ def build_from_source(
             id_scheme=info.get("id_scheme"),
             roots=gallery_roots(source or {}),
             classes=store.class_names(),
+            fields=dict(schema.fields),
         )
         return SearchIndex.commit_new(index, store, manifest, out_dir, generation, lists, idmap)
 
 
 def append_from_source(
-    embeddings: EmbeddingSource, index_dir: str | Path, source: dict[str, Any] | None = None
+    embeddings: EmbeddingSource,
+    index_dir: str | Path,
+    source: dict[str, Any] | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> SearchIndex:
-    """Add every chunk of `embeddings` to the index in `index_dir` (same model) and save once."""
+    """Add every chunk of `embeddings` to the index in `index_dir` (same model, same fields)
+    and save once."""
+    from coins.serve.index.build import append_rows
+
     index = SearchIndex.load(index_dir, model_sha256=embeddings.model_sha256)
     for chunk in embeddings.chunks():
-        index.add(np.asarray(chunk.ids), np.asarray(chunk.vectors), chunk.rows())
+        rows = append_rows(index, chunk.rows(), fields)
+        index.add(np.asarray(chunk.ids), np.asarray(chunk.vectors), rows)
     index.manifest.roots = gallery_roots(source or {}, (), index.manifest.roots)
     index.save()
     return index

@@ -236,10 +236,15 @@ class WriteAheadLog:
             if path.exists() and self._valid is None:
                 raise FileExistsError(f"{path}: a log this writer did not replay exists already")
             f = path.open("wb")  # a new log (or an empty, headerless leftover)
-            f.write(_FILE_HEADER.pack(FILE_MAGIC, FORMAT, self.generation))
-            f.flush()
-            os.fsync(f.fileno())
-            _fsync_dir(self.index_dir)  # the new name survives a crash too
+            try:
+                f.write(_FILE_HEADER.pack(FILE_MAGIC, FORMAT, self.generation))
+                f.flush()
+                os.fsync(f.fileno())
+                _fsync_dir(self.index_dir)  # the new name survives a crash too
+            except BaseException:  # (a full disk) no record in it: gone, the next try makes it
+                f.close()
+                path.unlink(missing_ok=True)
+                raise
         self._valid = None
         self.bytes = f.tell()
         self._file = f

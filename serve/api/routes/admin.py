@@ -7,12 +7,16 @@ An item's image `path` must lie inside a gallery folder of the index (`ImageFold
 
 With `persist` on, a change is checked, appended to the index's write-ahead log and fsynced
 (serve/index/live.py) before it is applied in memory and acknowledged: no index file is
-rewritten, and a crash after the 200 loses nothing. A log past `compact_after_records` or
+rewritten, and a crash after the 200 loses nothing. A log that cannot be written (a full disk)
+answers 507 naming the cause, with nothing changed in memory or on disk. Items' fields are
+checked against the index's schema (serve/index/fields.py): a wrong type answers 422 naming the
+item and field, and nothing is written. A log past `compact_after_records` or
 `compact_after_bytes` is folded into a new generation in the background.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -42,6 +46,7 @@ from coins.serve.api.loading import reload_index
 from coins.serve.api.schemas import (
     AddItemsRequest,
     DeleteItemsRequest,
+    ErrorBody,
     IndexSummary,
     ItemsChanged,
     NewItem,
@@ -57,7 +62,10 @@ router = APIRouter(
     prefix="/v1",
     tags=["admin"],
     dependencies=[AdminDep],
-    responses=error_responses(400, 401, 404, 408, 409, 413, 415, 422, 503),
+    responses={
+        **error_responses(400, 401, 404, 408, 409, 413, 415, 422, 503),
+        507: {"model": ErrorBody, "description": "The change could not be saved (disk full)."},
+    },
 )
 
 _ITEMS = TypeAdapter(list[NewItem])
@@ -107,10 +115,23 @@ def _add(
             with state.lock.write():
                 index.add(ids, xb, rows)
                 state.changed()
-        except ValueError as err:  # IndexUpdateError: what the index refuses to store
+        except ValueError as err:  # IndexUpdateError, FieldError: what the index refuses
             raise ApiError(422, f"cannot add these items: {err}") from err
+        except OSError as err:  # the log: nothing applied (it comes first), nothing half-written
+            raise not_saved(err) from err
         _compact_if_due(state, settings, index)
         return index.ntotal
+
+
+def not_saved(err: OSError) -> ApiError:
+    """A change the write-ahead log could not take: 507 for a full disk or quota, else 500;
+    either way it was not applied (the log is written first, and a torn record cut off)."""
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return ApiError(
+        507 if full else 500,
+        f"the change was not saved, and not applied: {err.strerror or err} (the index's "
+        "write-ahead log could not be written)",
+    )
 
 
 def _compact_if_due(state: ServiceState, settings: ServeSettings, index: Index) -> None:
@@ -196,6 +217,8 @@ def _remove(state: ServiceState, settings: ServeSettings, ids: list[int]) -> Ite
                     state.changed()
             except (NotImplementedError, RuntimeError, ValueError) as err:
                 raise ApiError(409, f"cannot delete from this index: {err}") from err
+            except OSError as err:
+                raise not_saved(err) from err
             _compact_if_due(state, settings, index)
         return ItemsChanged(removed=int(present.size), missing=missing, ntotal=index.ntotal)
 
