@@ -31,6 +31,7 @@ from coins.serve.api.routes import admin as routes_admin
 from coins.serve.api.routes import items as routes_items
 from coins.serve.api.routes import ops as routes_ops
 from coins.serve.api.routes import search as routes_search
+from coins.serve.api.search import SearchCost
 from coins.serve.api.settings import ServeSettings
 from coins.serve.api.state import ServiceState
 
@@ -82,6 +83,7 @@ def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> F
     app.state.artifacts = artifacts or OnnxArtifacts()
     app.state.service = ServiceState()
     app.state.metrics = ServiceMetrics()
+    app.state.search_cost = SearchCost()
     app.state.thumbnails = None
     install_error_handlers(app)
     for module in (routes_ops, routes_search, routes_items, routes_admin):
@@ -143,7 +145,7 @@ def server_config(app: FastAPI, settings: ServeSettings, log_level: str = "info"
         port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=10,
-        http=_h11_with_header_deadline(settings.header_timeout_s),
+        http=http_protocol(settings.header_timeout_s),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_connections,
     )
@@ -158,18 +160,42 @@ def app_from_env() -> FastAPI:
     return create_app(settings)
 
 
-def _h11_with_header_deadline(seconds: float) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol, closing a connection whose request line and headers have not
-    arrived `seconds` after it opened or after the previous response. uvicorn has no such
-    deadline: a client sending nothing, or a byte now and then, would hold a socket for ever."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+MAX_HEAD_BYTES = 64 * 2**10  # a request line and headers; h11's own bound is 16 KiB
 
-    class H11HeaderDeadline(H11Protocol):
+
+def http_protocol(seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with a deadline for each request's line and headers
+    (`with_header_deadline`): on httptools (a C parser) when installed, else on h11."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return with_header_deadline(H11Protocol, seconds)
+    return with_header_deadline(HttpToolsProtocol, seconds)
+
+
+def with_header_deadline(base: type[Any], seconds: float) -> type[asyncio.Protocol]:
+    """`base` (uvicorn's h11 or httptools protocol) closing a connection whose request line
+    and headers have not arrived `seconds` after it opened or after the previous response, or
+    pass MAX_HEAD_BYTES. uvicorn has neither bound: a client sending nothing, or a byte now and
+    then, would hold a socket for ever, and httptools keeps a header of any length."""
+
+    class HeaderDeadline(base):
         _deadline: asyncio.TimerHandle | None = None
+        _waiting: Any = None  # the cycle (request) before the awaited one
+        _head_bytes = 0  # received while awaiting a request's line and headers
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._arm(None)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._awaiting():  # every byte of `data` belongs to an unfinished head
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                    self.transport.close()
 
         def on_response_complete(self) -> None:
             finished = self.cycle  # handling pipelined requests may start a new cycle
@@ -181,15 +207,22 @@ def _h11_with_header_deadline(seconds: float) -> type[asyncio.Protocol]:
                 self._deadline.cancel()
             super().connection_lost(exc)
 
+        def _awaiting(self) -> bool:
+            """No request since the deadline was armed (h11 and httptools start a cycle once
+            a request's headers are in), and none in progress."""
+            cycle: Any = self.cycle
+            return cycle is self._waiting and (cycle is None or cycle.response_complete)
+
         def _arm(self, waiting: object) -> None:
             """Close unless a new request (a new cycle) has started by the deadline."""
             if self._deadline is not None:
                 self._deadline.cancel()
+            self._waiting, self._head_bytes = waiting, 0
 
             def expire() -> None:
-                if self.cycle is waiting and not self.transport.is_closing():
+                if self._awaiting() and not self.transport.is_closing():
                     self.transport.close()
 
             self._deadline = self.loop.call_later(seconds, expire)
 
-    return H11HeaderDeadline
+    return HeaderDeadline

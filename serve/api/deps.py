@@ -38,6 +38,11 @@ def get_state(request: Request) -> ServiceState:
 
 def get_ready_state(state: Annotated[ServiceState, Depends(get_state)]) -> ServiceState:
     """The state once model and index are loaded and warm; 503 before."""
+    return ready_state(state)
+
+
+def ready_state(state: ServiceState) -> ServiceState:
+    """`state` if loaded and warm, else 503 (`get_ready_state` without FastAPI's resolution)."""
     if not state.ready:
         reason = state.error or "the model and index are still loading"
         raise ApiError(503, f"not ready: {reason}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
+from collections.abc import Awaitable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -62,7 +64,7 @@ class BodyLimits:
             if left <= 0:
                 raise BodyTimeout(f"not received within {self.total_timeout:g} s")
             try:
-                message = await asyncio.wait_for(receive(), min(self.idle_timeout, left))
+                message = await _within(receive(), min(self.idle_timeout, left))
             except TimeoutError:
                 if left > self.idle_timeout:
                     raise BodyTimeout(f"no data for {self.idle_timeout:g} s") from None
@@ -86,6 +88,15 @@ class BodyLimits:
             if started:
                 raise
             await error_response(exc.status_code, exc.detail)(scope, receive, send)
+
+
+async def _within(receive: Awaitable[Message], seconds: float) -> Message:
+    """`await receive` or TimeoutError after `seconds`. asyncio.timeout (3.11) only arms a
+    timer; wait_for before 3.12 wraps the await in a new task, ~20 us on every request."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds if math.isfinite(seconds) else None):
+            return await receive
+    return await asyncio.wait_for(receive, seconds)
 
 
 def declared_length(scope: Scope) -> int:

@@ -97,7 +97,7 @@ class _WorkerConfig(uvicorn.Config):
     header_timeout_s: float = 10.0
 
     def load(self) -> None:
-        from coins.serve.api.app import _h11_with_header_deadline
+        from coins.serve.api.app import http_protocol
 
-        self.http = _h11_with_header_deadline(self.header_timeout_s)
+        self.http = http_protocol(self.header_timeout_s)
         super().load()

@@ -30,33 +30,45 @@ class Filter(BaseModel):
     ids: list[ItemId] | None = Field(default=None, description="Item ids to keep.")
 
 
-def _exactly_one_given(*names: str) -> dict[str, Any]:
-    """JSON schema of `SearchRequest._one_kind`: one of `names` is a non-empty array, every other
-    one absent or null. An explicit null counts as absent, in the server as here: links and
-    clients turn a query by vectors into one by ids by sending `"vectors": null`."""
+def _exactly_one_given(**kinds: dict[str, Any]) -> dict[str, Any]:
+    """JSON schema of `SearchRequest._one_kind`: one of `kinds` given as its schema (a non-empty
+    array or string), every other one absent or null. An explicit null counts as absent, in the
+    server as here: links and clients turn a query by vectors into one by ids by sending
+    `"vectors": null`."""
     return {
         "oneOf": [
             {
                 "required": [given],
                 "properties": {
-                    name: {"type": "array", "minItems": 1} if name == given else {"type": "null"}
-                    for name in names
+                    name: schema if name == given else {"type": "null"}
+                    for name, schema in kinds.items()
                 },
             }
-            for given in names
+            for given in kinds
         ]
     }
 
 
 class SearchRequest(BaseModel):
-    """Queries as `vectors` (one per row) or as stored `ids` (the item itself is never returned)."""
+    """Queries as `vectors` (one per row), as `vectors_base64` (the same numbers as float32
+    bytes, the compact form) or as stored `ids` (the item itself is never returned)."""
 
     # the model validator below, published: a document without it admits `{}` and both kinds
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra=_exactly_one_given("vectors", "ids")
+        extra="forbid",
+        json_schema_extra=_exactly_one_given(
+            vectors={"type": "array", "minItems": 1},
+            vectors_base64={"type": "string", "minLength": 1},
+            ids={"type": "array", "minItems": 1},
+        ),
     )
 
     vectors: list[Vector] | None = Field(default=None, max_length=MAX_BATCH)
+    vectors_base64: str | None = Field(
+        default=None,
+        description="Query vectors as base64 of little-endian float32, row after row: "
+        "nq x dim numbers, dim the index's (/v1/index).",
+    )
     ids: list[ItemId] | None = Field(default=None, max_length=MAX_BATCH)
     k: int = Field(default=10, ge=1, le=MAX_K)
     filter: Filter | None = None
@@ -65,9 +77,10 @@ class SearchRequest(BaseModel):
     @model_validator(mode="after")
     def _one_kind(self) -> SearchRequest:
         """Exactly one kind of query, not empty; `_exactly_one_given` says the same in JSON."""
-        if (self.vectors is None) == (self.ids is None):
-            raise ValueError("give exactly one of `vectors` and `ids`")
-        if not (self.vectors or self.ids):
+        given = [q for q in (self.vectors, self.vectors_base64, self.ids) if q is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `vectors`, `vectors_base64` and `ids`")
+        if not given[0]:
             raise ValueError("give at least one query")
         return self
 

@@ -18,6 +18,7 @@ import numpy as np
 from coins.serve.api.errors import ApiError
 from coins.serve.api.observability import ServiceMetrics
 from coins.serve.api.schemas import CoarseGuess, Filter, ItemMetadata, Neighbor, QueryResult
+from coins.serve.api.settings import ServeSettings
 from coins.serve.api.state import Index, ServiceState
 from coins.serve.index.store import result_rows
 
@@ -38,6 +39,29 @@ def normalise(xq: np.ndarray, dim: int) -> np.ndarray:
     if np.any(norms == 0):
         raise ApiError(422, "a query vector is all zeros; cosine similarity is undefined")
     return np.ascontiguousarray(xq / norms, dtype=np.float32)
+
+
+class SearchCost:
+    """CPU seconds per query of recent unfiltered searches (an exponential average over
+    requests, metadata and the response included): tells a search cheap enough to answer on
+    the event loop, without the thread hop to the pool, from one that would hold the loop too
+    long. CPU time, not wall time: on a busy machine the waits for a core do not count."""
+
+    def __init__(self, weight: float = 0.1) -> None:
+        self.weight = weight
+        self.per_query: float | None = None  # unknown until a search was timed
+
+    def observe(self, seconds: float, nq: int) -> None:
+        per_query = seconds / max(1, nq)
+        old = self.per_query
+        self.per_query = per_query if old is None else old + self.weight * (per_query - old)
+
+    def fits(self, nq: int, settings: ServeSettings, state: ServiceState) -> bool:
+        """Whether `nq` queries are expected within `settings.inline_search_ms`, and no index
+        writer holds the lock (the loop must not wait for one)."""
+        if self.per_query is None or state.lock.busy():
+            return False
+        return 1000 * nq * self.per_query <= settings.inline_search_ms
 
 
 def _union(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -127,6 +151,24 @@ def knn(
     with_metadata: bool = True,
 ) -> list[list[Neighbor]]:
     """Top-k neighbours of each row of `xq` [nq, D]; `exclude` [nq] drops one id per query."""
+    found = neighbor_rows(
+        state, metrics, xq, k, allowed=allowed, exclude=exclude, with_metadata=with_metadata
+    )
+    return [[Neighbor.model_validate(n) for n in row] for row in found]
+
+
+def neighbor_rows(
+    state: ServiceState,
+    metrics: ServiceMetrics,
+    xq: np.ndarray,
+    k: int,
+    *,
+    allowed: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
+    with_metadata: bool = True,
+) -> list[list[dict[str, Any]]]:
+    """`knn` as plain dicts of the `Neighbor` schema, for the JSON of /v1/search (orjson
+    writes them without building a model object per neighbour)."""
     index = state.index
     assert index is not None
     nq = len(xq)
@@ -138,18 +180,22 @@ def knn(
         D, I = index.search(xq, kk, allowed)  # [nq, kk] each
     rows = result_rows(D, I, k, exclude)
     meta = _metadata(state, metrics, rows) if with_metadata else {}
-    return [
-        [
-            Neighbor(id=int(i), score=float(s), rank=r, metadata=meta.get(int(i)))
-            for r, (i, s) in enumerate(zip(ids, scores, strict=True))
-        ]
-        for ids, scores in rows
-    ]
+    out = []
+    for ids, scores in rows:
+        found = ids.tolist()
+        out.append(
+            [
+                {"id": i, "score": s, "rank": r, "metadata": meta.get(i)}
+                for r, (i, s) in enumerate(zip(found, scores.tolist(), strict=True))
+            ]
+        )
+    return out
 
 
 def _metadata(
     state: ServiceState, metrics: ServiceMetrics, rows: list[tuple[np.ndarray, np.ndarray]]
-) -> dict[int, ItemMetadata]:
+) -> dict[int, dict[str, Any]]:
+    """The metadata of every id in `rows`, in one lookup (ids shared by queries once)."""
     ids = np.unique(np.concatenate([i for i, _ in rows] or [np.empty(0, np.int64)]))
     if ids.size == 0:
         return {}
@@ -157,26 +203,31 @@ def _metadata(
     assert index is not None
     with metrics.time_stage("metadata"), state.lock.read():
         found = index.metadata(ids.astype(np.int64))
-    return {int(i): item_metadata(int(i), m) for i, m in zip(ids, found, strict=True) if m}
+    return {i: metadata_dict(i, m) for i, m in zip(ids.tolist(), found, strict=True) if m}
 
 
 COLUMNS = ("id", "path", "coarse", "fine")  # the metadata store's own columns
 
 
-def item_metadata(id_: int, row: dict[str, Any]) -> ItemMetadata:
-    """A metadata row of the index (its own columns, then the extra ones) as the API shows it."""
+def metadata_dict(id_: int, row: dict[str, Any]) -> dict[str, Any]:
+    """A metadata row of the index (its own columns, then the extra ones) as the API shows it:
+    the fields of `ItemMetadata`."""
 
     def text(value: Any) -> str | None:
         return None if value is None else str(value)
 
-    extra = {k: v for k, v in row.items() if k not in COLUMNS}
-    return ItemMetadata(
-        id=id_,
-        path=text(row.get("path")),
-        coarse=text(row.get("coarse")),
-        fine=text(row.get("fine")),
-        extra=extra,
-    )
+    return {
+        "id": id_,
+        "path": text(row.get("path")),
+        "coarse": text(row.get("coarse")),
+        "fine": text(row.get("fine")),
+        "extra": {k: v for k, v in row.items() if k not in COLUMNS},
+    }
+
+
+def item_metadata(id_: int, row: dict[str, Any]) -> ItemMetadata:
+    """A metadata row of the index as the API's `ItemMetadata`."""
+    return ItemMetadata.model_validate(metadata_dict(id_, row))
 
 
 def stored_vectors(state: ServiceState, ids: Sequence[int]) -> np.ndarray:

@@ -108,6 +108,11 @@ class ReadWriteLock:
                 self._readers -= 1
                 self._cond.notify_all()
 
+    def busy(self) -> bool:
+        """Whether a writer holds or waits for the lock (a glance, without taking it): a
+        reader that must not block, the event loop's, goes elsewhere then."""
+        return self._writer or self._writers_waiting > 0
+
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:

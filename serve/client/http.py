@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ class SearchClient:
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self._base64: bool | None = None  # whether /v1/search takes vectors_base64
 
     def close(self) -> None:
         self.http.close()
@@ -81,9 +83,28 @@ class SearchClient:
     def search_vectors(
         self, xq: np.ndarray | Sequence[Sequence[float]], k: int = 10, **options: Any
     ) -> list[dict[str, Any]]:
-        """Neighbours of each query vector; options: filter, with_metadata."""
-        body = {"vectors": np.asarray(xq, dtype=np.float32).tolist(), "k": k, **options}
+        """Neighbours of each query vector; options: filter, with_metadata. The vectors go as
+        float32 bytes (`vectors_base64`) to a server that takes them, else as JSON numbers."""
+        x = np.asarray(xq, dtype=np.float32)
+        if x.ndim == 2 and self.takes_base64():
+            raw = np.ascontiguousarray(x, dtype="<f4").tobytes()
+            body: dict[str, Any] = {"vectors_base64": base64.b64encode(raw).decode("ascii")}
+        else:
+            body = {"vectors": x.tolist()}
+        body |= {"k": k, **options}
         return list(self._json(self.http.post("/v1/search", json=body))["results"])
+
+    def takes_base64(self) -> bool:
+        """Whether the server's /v1/search takes `vectors_base64` (its OpenAPI document says
+        so; an older server's does not): asked once per client."""
+        if self._base64 is None:
+            try:
+                document = self._json(self.http.get("/openapi.json"))
+                fields = document["components"]["schemas"]["SearchRequest"]["properties"]
+                self._base64 = "vectors_base64" in fields
+            except (SearchServiceError, KeyError, TypeError):
+                self._base64 = False
+        return self._base64
 
     def search_ids(self, ids: Sequence[int], k: int = 10, **options: Any) -> list[dict[str, Any]]:
         """Neighbours of stored items (never the item itself)."""

@@ -99,7 +99,7 @@ def served_document(document: dict[str, Any], dim: int, ids: Sequence[int]) -> d
             if node.get("type") == "array" and node.get("items") == {"type": "number"}:
                 node.update(minItems=dim, maxItems=dim)
                 node["items"] = {"type": "number", "minimum": -VECTOR_MAX, "maximum": VECTOR_MAX}
-    schemas["SearchRequest"] = _one_query_kind(schemas["SearchRequest"])
+    schemas["SearchRequest"] = _one_query_kind(schemas["SearchRequest"], dim)
     schemas["NewVectorItem"] = _with_vector(schemas["NewItem"])
     schemas["AddItemsRequest"]["properties"]["items"]["items"] = _ref("NewVectorItem")
     some_ids = [*ids, *ABSENT_IDS]
@@ -133,22 +133,34 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _one_query_kind(search: dict[str, Any]) -> dict[str, Any]:
-    """SearchRequest as `oneOf` a query by vectors and a query by ids (pydantic's schema has
-    both optional: its model validator, which refuses both, neither or empty, is not in it)."""
+def _one_query_kind(search: dict[str, Any], dim: int) -> dict[str, Any]:
+    """SearchRequest as `oneOf` a query by vectors, by base64 vectors and by ids (pydantic's
+    schema has all optional: its model validator, which refuses several, none or empty, is not
+    in it). Base64 text is of whole float32 vectors of `dim` numbers (1 to 3 of them)."""
     properties = search["properties"]
+    kinds = ("vectors", "vectors_base64", "ids")
 
     def kind(name: str) -> dict[str, Any]:
-        given = [s for s in properties[name]["anyOf"] if s.get("type") == "array"]
-        assert len(given) == 1, f"SearchRequest.{name}: expected `array | null`, got {given}"
-        others = {k: v for k, v in properties.items() if k not in ("vectors", "ids")}
-        return {
-            **search,
-            "properties": {**others, name: {**given[0], "minItems": 1}},
-            "required": [name],
-        }
+        wanted = "string" if name == "vectors_base64" else "array"
+        given = [s for s in properties[name]["anyOf"] if s.get("type") == wanted]
+        assert len(given) == 1, f"SearchRequest.{name}: expected `{wanted} | null`, got {given}"
+        others = {k: v for k, v in properties.items() if k not in kinds}
+        schema = {**given[0], "minItems": 1} if wanted == "array" else _base64_vectors(dim)
+        return {**search, "properties": {**others, name: schema}, "required": [name]}
 
-    return {"oneOf": [kind("vectors"), kind("ids")]}
+    return {"oneOf": [kind(name) for name in kinds]}
+
+
+def _base64_vectors(dim: int) -> dict[str, Any]:
+    """Base64 of 1 to 3 float32 vectors of `dim` numbers: any bytes, so NaN, infinity and
+    zero vectors come too (422s)."""
+    lengths = [4 * -(-(4 * dim * n) // 3) for n in (1, 2, 3)]  # base64 chars, padded
+    pads = [(3 - (4 * dim * n) % 3) % 3 for n in (1, 2, 3)]
+    choices = "|".join(
+        f"[A-Za-z0-9+/]{{{length - pad}}}{'=' * pad}"
+        for length, pad in zip(lengths, pads, strict=True)
+    )
+    return {"type": "string", "pattern": f"^({choices})$"}
 
 
 def _with_vector(item: dict[str, Any]) -> dict[str, Any]:

@@ -4,15 +4,16 @@ coarse class), and images to vectors."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter
 
-from coins.serve.api.deps import MetricsDep, ReadyDep, SettingsDep, in_pool, loaded
-from coins.serve.api.errors import ApiError, json_body_schema, parse_json_body, parse_json_field
+from coins.serve.api.deps import MetricsDep, ReadyDep, SettingsDep, in_pool, loaded, ready_state
+from coins.serve.api.errors import ApiError, json_body_schema, parse_json_field
 from coins.serve.api.limits import read_body
 from coins.serve.api.observability import ServiceMetrics
 from coins.serve.api.schemas import (
@@ -25,13 +26,16 @@ from coins.serve.api.schemas import (
     error_responses,
 )
 from coins.serve.api.search import (
+    SearchCost,
     allowed_ids,
     coarse_guesses,
     gated_search,
     knn,
+    neighbor_rows,
     normalise,
     stored_vectors,
 )
+from coins.serve.api.search_body import SearchQuery, parse_search
 from coins.serve.api.settings import ServeSettings
 from coins.serve.api.state import ServiceState
 from coins.serve.api.uploads import ImagesForm, Payload, embed_uploads, read_images
@@ -41,6 +45,7 @@ router = APIRouter(
 )
 
 COARSE_SHOWN = 3  # predicted coarse classes returned per image query
+INLINE_BYTES = 64 * 2**10  # search bodies parsed on the event loop (~0.2 ms); larger: the pool
 _FILTER = TypeAdapter(Filter)
 
 
@@ -52,63 +57,93 @@ def _check_k(k: int, settings: ServeSettings) -> None:
 @router.post(
     "/search", response_model=SearchResponse, openapi_extra=json_body_schema(SearchRequest)
 )
-async def search(
-    request: Request, state: ReadyDep, settings: SettingsDep, metrics: MetricsDep
-) -> Response:
+async def search(request: Request) -> Response:
     """Nearest neighbours of query vectors, or of stored items by id (never the item itself).
 
-    The body is parsed and the answer serialised in the search pool, by pydantic's own JSON
-    code: a batch of vectors is thousands of floats, too slow for the event loop's thread."""
+    A small body is parsed on the event loop and, when its search is expected to take under
+    `inline_search_ms`, answered there too: a thread hop would cost more than the search. A
+    larger one (a batch: thousands of floats) is parsed and answered in the search pool."""
     start = time.perf_counter()
+    app = request.app  # no dependencies: each costs a resolution on every request
+    state: ServiceState = app.state.service
+    settings: ServeSettings = app.state.settings
+    metrics: ServiceMetrics = app.state.metrics
+    ready_state(state)
     _, index = loaded(state)
     what = f"a search ({settings.max_vectors} query vectors of dimension {index.dim}, a filter)"
     raw = await read_body(request, settings.max_search_bytes(index.dim), what)
-    payload = await in_pool(request, _search_json, state, metrics, settings, raw, start)
+    if len(raw) > INLINE_BYTES:
+        payload = await in_pool(request, _search_json, state, metrics, settings, raw, start)
+    else:
+        query = _parse(raw, index.dim, settings)
+        cost: SearchCost = app.state.search_cost
+        if query.ids is None and query.filter is None and cost.fits(query.nq, settings, state):
+            payload = _answer(state, metrics, cost, query, start)
+        else:
+            payload = await in_pool(request, _answer, state, metrics, cost, query, start)
     return Response(payload, media_type="application/json")
+
+
+def _parse(raw: bytes, dim: int, settings: ServeSettings) -> SearchQuery:
+    query = parse_search(raw, dim)
+    _check_k(query.k, settings)
+    if query.nq > settings.max_vectors:
+        raise ApiError(
+            413, f"{query.nq} queries is more than this server's limit of {settings.max_vectors}"
+        )
+    return query
 
 
 def _search_json(
     state: ServiceState, metrics: ServiceMetrics, settings: ServeSettings, raw: bytes, start: float
 ) -> bytes:
-    body = parse_json_body(SearchRequest, raw)
-    _check_k(body.k, settings)
-    n = len(body.vectors or body.ids or ())
-    if n > settings.max_vectors:
-        raise ApiError(
-            413, f"{n} queries is more than this server's limit of {settings.max_vectors}"
-        )
-    found = _search_body(state, metrics, body)
-    metrics.queries.labels("vector" if body.vectors is not None else "id").inc(n)
-    took_ms = 1000 * (time.perf_counter() - start)
-    return SearchResponse(results=found, took_ms=took_ms).model_dump_json().encode()
+    query = _parse(raw, loaded(state)[1].dim, settings)
+    return _answer(state, metrics, None, query, start)
 
 
-def _search_body(
-    state: ServiceState, metrics: ServiceMetrics, body: SearchRequest
-) -> list[QueryResult]:
+def _answer(
+    state: ServiceState,
+    metrics: ServiceMetrics,
+    cost: SearchCost | None,
+    query: SearchQuery,
+    start: float,
+) -> bytes:
+    """The response body of a parsed search; `cost` learns how long an unfiltered one took."""
+    began = time.thread_time()  # CPU time: a busy machine's waits do not count
+    found = _search_query(state, metrics, query)
+    if cost is not None and query.ids is None and query.filter is None:
+        cost.observe(time.thread_time() - began, query.nq)
+    metrics.queries.labels(query.kind).inc(query.nq)
+    results = [{"neighbors": n, "coarse": None, "gated_to": None} for n in found]
+    body = {"results": results, "took_ms": 1000 * (time.perf_counter() - start)}
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # metadata orjson cannot write (an integer over 64 bits): pydantic can
+        return SearchResponse.model_validate(body).model_dump_json().encode()
+
+
+def _search_query(
+    state: ServiceState, metrics: ServiceMetrics, query: SearchQuery
+) -> list[list[dict[str, Any]]]:
     _, index = loaded(state)
-    allowed = allowed_ids(state, body.filter)  # first: a bad class number is a cheap 422
+    allowed = allowed_ids(state, query.filter)  # first: a bad class number is a cheap 422
     exclude = None
-    if body.ids is not None:
-        exclude = np.asarray(body.ids, dtype=np.int64)
-        xq = stored_vectors(state, body.ids)
+    if query.ids is not None:
+        exclude = np.asarray(query.ids, dtype=np.int64)
+        xq = stored_vectors(state, query.ids)
     else:
-        try:
-            with np.errstate(over="ignore"):  # overflow gives inf, refused by normalise
-                xq = np.asarray(body.vectors, dtype=np.float32)
-        except ValueError as err:  # ragged rows
-            raise ApiError(422, f"query vectors must all have dimension {index.dim}") from err
+        assert query.xq is not None
+        xq = query.xq
     xq = normalise(xq, index.dim)
-    rows = knn(
+    return neighbor_rows(
         state,
         metrics,
         xq,
-        body.k,
+        query.k,
         allowed=allowed,
         exclude=exclude,
-        with_metadata=body.with_metadata,
+        with_metadata=query.with_metadata,
     )
-    return [QueryResult(neighbors=r) for r in rows]
 
 
 def _parse_filter(text: str | None) -> Filter | None:

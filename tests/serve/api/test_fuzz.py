@@ -161,6 +161,8 @@ def test_what_the_document_accepts_is_not_refused_as_invalid(app, method, path, 
         pytest.param("POST", "/v1/search", {}, id="search-nothing"),
         pytest.param("POST", "/v1/search", {"vectors": [[1.0] * DIM], "ids": [100]},
                      id="search-both-kinds"),
+        pytest.param("POST", "/v1/search", {"vectors_base64": "AAAA", "ids": [100]},
+                     id="search-base64-and-ids"),
         pytest.param("POST", "/v1/items", {"items": [{"id": 0}]}, id="add-without-vector"),
     ],
 )  # fmt: skip

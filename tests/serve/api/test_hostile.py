@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 
 from coins.retrieval.data import Preprocess, eval_transform, load_image
 from coins.retrieval.data.transforms import ResizeCentreCrop
-from coins.serve.api.app import create_app, server_config
+from coins.serve.api.app import MAX_HEAD_BYTES, create_app, server_config
 from coins.serve.api.settings import ServeSettings
 from coins.serve.client.background import free_port
 from coins.serve.index.build import build_index
@@ -309,13 +309,13 @@ def test_chunked_bodies_over_the_limit_are_413_on_form_routes(tmp_path, artifact
 
 
 @pytest.fixture
-def server(tmp_path) -> Iterator[tuple[str, int]]:
+def server(request, tmp_path) -> Iterator[tuple[str, int]]:
     import uvicorn
 
     s = settings(
         tmp_path,
         port=free_port(),
-        header_timeout_s=0.5,
+        header_timeout_s=getattr(request, "param", 0.5),
         body_idle_timeout_s=0.5,
         body_timeout_s=1.5,
     )
@@ -373,6 +373,28 @@ def test_keep_alive_requests_still_work_and_idle_ones_close(server) -> None:
     assert len(sockets) == 1 and conn.sock is not None
     assert read_until_closed(conn.sock, 3)[0] == b""
     conn.close()
+
+
+@pytest.mark.parametrize("server", [60.0], indirect=True)  # a deadline that never bites here
+def test_an_endless_header_is_cut_off_by_size(server) -> None:
+    # httptools, unlike h11, keeps a header of any length: the protocol counts the bytes of an
+    # unfinished request head and closes past MAX_HEAD_BYTES, long before the 60 s deadline
+    sock = socket.create_connection(server)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: ")
+    sent = 0
+    try:
+        while sent < 1000 * MAX_HEAD_BYTES:  # 64 MiB: more than any socket buffers hold
+            sock.sendall(b"a" * 4096)
+            sent += 4096
+    except OSError:
+        pass
+    reply, _ = read_until_closed(sock, 30)
+    assert sent < 1000 * MAX_HEAD_BYTES and not reply.startswith(b"HTTP/1.1 200"), sent
+    sock.close()
+    ok = http.client.HTTPConnection(*server, timeout=5)  # the server still answers
+    ok.request("GET", "/healthz", headers={"X-Fine": "a" * 1000})
+    assert ok.getresponse().status == 200
+    ok.close()
 
 
 def test_a_stalled_body_is_408(server) -> None:

@@ -1,0 +1,162 @@
+"""The fast /v1/search path (issue 25) on a real IVF index: batch searches over HTTP return the
+neighbours of in-process `SearchIndex.search` at the same parameters, whichever body (JSON
+numbers, base64 float32) and whether answered on the event loop or in the pool; the client
+sends the compact body to a server that takes it, and JSON numbers to one that does not."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from serve_fakes import FakeEmbedder, wait_readyz
+
+from coins.serve.api.app import create_app
+from coins.serve.api.schemas import SearchResponse
+from coins.serve.api.settings import ServeSettings
+from coins.serve.client.http import SearchClient
+from coins.serve.index.build import build_index
+from coins.serve.index.store import SearchIndex
+
+D, N, NQ, K = 16, 3000, 40, 10
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = unit(np.random.default_rng(0).standard_normal((30, D)))
+    return unit(centres[rng.integers(0, 30, n)] + 0.3 * rng.standard_normal((n, D)))
+
+
+class IndexArtifacts:
+    """Artifacts of create_app: the tests' fake embedder and a real index directory."""
+
+    def __init__(self, index_dir) -> None:
+        self.index_dir = index_dir
+        self.embedder = FakeEmbedder()
+        self.embedder.dim = D
+
+    def load_model(self, settings: ServeSettings) -> FakeEmbedder:
+        return self.embedder
+
+    def load_index(self, settings: ServeSettings, model_sha256: str) -> SearchIndex:
+        return SearchIndex.load(self.index_dir)
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ivf") / "index"
+    rows = [{"id": i * 3 + 5, "coarse": f"c{i % 4}", "sku": i * 7} for i in range(N)]
+    # nprobe is tuned to 0.95 recall: fewer lists than nlist are searched, as in production
+    build_index(np.arange(N) * 3 + 5, clustered(N, 1), rows, path, index_key="IVF32,Flat")
+    assert SearchIndex.load(path).manifest.index_params["nprobe"] < 32
+    return path
+
+
+def client_for(index_dir, tmp_path, **options) -> TestClient:
+    settings = ServeSettings(index_dir=index_dir, model=tmp_path / "m.onnx", **options)
+    client = TestClient(create_app(settings, IndexArtifacts(index_dir)))
+    client.__enter__()
+    wait_readyz(client, 30)
+    return client
+
+
+def ids_scores(body: dict) -> tuple[np.ndarray, np.ndarray]:
+    SearchResponse.model_validate(body)  # the documented shape
+    ids = [[n["id"] for n in r["neighbors"]] for r in body["results"]]
+    scores = [[n["score"] for n in r["neighbors"]] for r in body["results"]]
+    return np.asarray(ids), np.asarray(scores)
+
+
+def b64(x: np.ndarray) -> str:
+    return base64.b64encode(x.astype("<f4").tobytes()).decode()
+
+
+@pytest.mark.parametrize("inline_ms", [0.0, 1000.0])  # always the pool; the loop when cheap
+def test_batch_search_over_http_equals_in_process(index_dir, tmp_path, inline_ms) -> None:
+    xq = clustered(NQ, 2)
+    D_ref, I_ref = SearchIndex.load(index_dir).search(xq, K)  # [NQ, K] each
+    client = client_for(index_dir, tmp_path, inline_search_ms=inline_ms)
+    try:
+        for batch in (1, 16, NQ):
+            for body in ({"vectors": xq[:batch].tolist()}, {"vectors_base64": b64(xq[:batch])}):
+                r = client.post("/v1/search", json={**body, "k": K})
+                assert r.status_code == 200, r.text
+                ids, scores = ids_scores(r.json())
+                np.testing.assert_array_equal(ids, I_ref[:batch])
+                np.testing.assert_allclose(scores, D_ref[:batch], rtol=0, atol=1e-6)
+        for _ in range(5):  # the cost estimate has seen searches: later ones may go inline
+            r = client.post("/v1/search", json={"vectors": xq[:2].tolist(), "k": K})
+            np.testing.assert_array_equal(ids_scores(r.json())[0], I_ref[:2])
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_metadata_is_the_items_own(index_dir, tmp_path) -> None:
+    client = client_for(index_dir, tmp_path)
+    try:
+        r = client.post("/v1/search", json={"vectors_base64": b64(clustered(3, 4)), "k": 4})
+        for result in r.json()["results"]:
+            for n in result["neighbors"]:
+                i = (n["id"] - 5) // 3
+                assert n["metadata"] == {
+                    "id": n["id"], "path": None, "coarse": f"c{i % 4}", "fine": None,
+                    "extra": {"sku": i * 7},
+                }  # fmt: skip
+        r = client.post("/v1/search", json={"vectors": [[1.0] * D], "with_metadata": False})
+        assert all(n["metadata"] is None for n in r.json()["results"][0]["neighbors"])
+    finally:
+        client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"vectors_base64": "not base64!"}, "not base64"),
+        ({"vectors_base64": b64(np.ones((1, D + 1)))}, f"multiple of {4 * D} bytes"),
+        ({"vectors_base64": b64(np.zeros((1, D)))}, "all zeros"),
+        ({"vectors_base64": b64(np.full((1, D), np.nan))}, "finite"),
+        ({"vectors_base64": b64(np.ones((1, D))), "vectors": [[1.0] * D]}, "exactly one"),
+        ({"vectors_base64": ""}, "at least one"),
+    ],
+)
+def test_bad_base64_vectors_are_422(index_dir, tmp_path, body, words) -> None:
+    client = client_for(index_dir, tmp_path)
+    try:
+        r = client.post("/v1/search", json=body)
+        assert r.status_code == 422 and words in r.json()["message"], r.text
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_base64_queries_count_against_the_query_limit(index_dir, tmp_path) -> None:
+    client = client_for(index_dir, tmp_path, max_vectors=4)
+    try:
+        r = client.post("/v1/search", json={"vectors_base64": b64(clustered(5, 3))})
+        assert r.status_code == 413 and "5 queries" in r.json()["message"]
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_the_client_sends_base64_when_the_server_takes_it(index_dir, tmp_path) -> None:
+    xq = clustered(8, 5)
+    _, I_ref = SearchIndex.load(index_dir).search(xq, K)
+    app_client = client_for(index_dir, tmp_path)
+    sent: list[bytes] = []
+    app_client.event_hooks["request"] = [lambda request: sent.append(request.read())]
+    try:
+        client = SearchClient("http://testserver")
+        client.http = app_client
+        found = client.search_vectors(xq, k=K)
+        assert [[n["id"] for n in q["neighbors"]] for q in found] == I_ref.tolist()
+        assert b'"vectors_base64"' in sent[-1] and client.takes_base64()
+        client._base64 = False  # as for a server whose document has no vectors_base64
+        found = client.search_vectors(xq, k=K)
+        assert [[n["id"] for n in q["neighbors"]] for q in found] == I_ref.tolist()
+        assert b'"vectors":' in sent[-1]
+    finally:
+        app_client.__exit__(None, None, None)
