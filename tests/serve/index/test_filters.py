@@ -295,3 +295,16 @@ def test_filters_nest_up_to_the_documented_depth() -> None:
         deep = {"should": [deep]}
     with pytest.raises(FilterError, match="deeper"):
         parse_filter(deep)
+
+
+def test_a_cached_selection_ends_with_the_next_add_or_remove(tmp_path, data) -> None:
+    ids, xb, rows = data
+    index = build_index(ids[:100], xb[:100], rows[:100], tmp_path / "i", "flat", tune_queries=0)
+    f = {"must": [{"key": "brand", "match": {"value": "b3"}}]}
+    before = index.select(f)
+    assert index.select(f) is before and not before.flags.writeable  # kept, read-only
+    new = index.schema.check_rows([{"id": 500, "brand": "b3", "price": 1.0}])
+    index.add(np.array([500]), xb[:1], new)
+    assert index.select(f).tolist() == [*before.tolist(), 500]
+    index.remove(before[:1])
+    assert index.select(f).tolist() == [*before[1:].tolist(), 500]
