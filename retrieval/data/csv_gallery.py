@@ -8,7 +8,10 @@ Splits are the values of the `split` column; without that column the manifest is
 `all` (enough for `coins eval`, `embed` and `index`; `coins train` reads `train` and `test`, and
 asking for them says which column to add). Ids need to be unique within a split only: every
 consumer (training, evaluation, a gallery, its shards and index) reads one split, and an index
-refuses an id it already holds. Without an `id` column the id is the row's position in the file.
+refuses an id it already holds. Without an `id` column this data set numbers the rows by position
+(for training and evaluation), and a gallery of it (`coins embed`, `coins index`) gives each
+file a 63-bit hash of its path instead (retrieval/gallery.py, `path_ids`). Columns beyond these
+become the items' typed fields in an index (serve/index/fields.py).
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ class CSVManifest(FileDataset):
         if "split" not in table.columns and split != "all":
             raise DatasetError(
                 f"{table.path} has no `split` column, so its only split is `all`, not {split!r}; "
-                "for `coins train` add a column `split` with the value `train` or `test` in "
-                "every row (training reads `train`, evaluation `test`)"
+                "for `coins train` pass --test-fraction 0.2 (a seeded split per class), or add "
+                "a column `split` with the value `train` or `test` in every row (training reads "
+                "`train`, evaluation `test`)"
             )
         check_split(split, _splits(table), table.path)
         coarse_classes, coarse_index = class_index([r["coarse"] for r in table.rows])
