@@ -175,10 +175,18 @@ def eval_cmd(
         typer.echo(f"wrote {json_out}")
 
 
+PRETRAINED_HELP = (
+    "Start from pretrained weights: a timm name with its tag (resnet18.a1_in1k; timm's hub "
+    "cache) or a local .safetensors/.pth file; their preprocessing is used, and the "
+    "pretrained-photos preset unless --preset."
+)
+
+
 def train_cmd(
     out: Path = Out("Run directory."),
     config: Path | None = typer.Option(None, help="YAML file of training options."),
     preset: str | None = typer.Option(None, help="Preset to start from (listed below)."),
+    pretrained: str | None = typer.Option(None, help=PRETRAINED_HELP),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
     nproc: int = typer.Option(1, min=1, help="Processes; more than 1 runs DDP (torchrun)."),
     set_: list[str] | None = typer.Option(
@@ -197,6 +205,8 @@ def train_cmd(
     from coins.train.config import load_config
 
     overrides = {k: v for k, v in flags.items() if v is not None}
+    if pretrained is not None:
+        overrides["model.pretrained"] = pretrained
     if option:
         overrides["dataset_options"] = parse_pairs(option, "--option")
     cfg = load_config(config, preset, **{**overrides, **parse_pairs(set_ or [], "--set")})
@@ -213,7 +223,17 @@ def train_cmd(
         if "val" in written:  # the held-out split apart from the test split, evaluated once
             typer.echo(f"val (held out of train):\n{format_table(written['val'])}")
             typer.echo(f"{cfg.eval_split} (evaluated once):")
+        untrained = written.get("untrained")  # the starting embedder, on the same split
+        if untrained:
+            table = format_table({k: untrained[k] for k in ("fine", "coarse")})
+            typer.echo(f"untrained (before the first step):\n{table}\ntrained:")
         typer.echo(format_table(metrics))
+        if untrained:
+            before, after = untrained["fine"]["recall@1"], written["fine"]["recall@1"]
+            typer.echo(
+                f"fine R@1 on {untrained['split']}: untrained {100 * before:.1f}, "
+                f"trained {100 * after:.1f}"
+            )
         s = written.get("selection")
         if s:
             typer.echo(f"selection score on {s['split']}: {s['criterion']} {s['score']:.4f}")
@@ -301,8 +321,14 @@ def tune_cmd(
 
 @app.command("export")
 def export_cmd(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint written by coins train."),
-    out: Path = Out("The .onnx file to write."),
+    checkpoint: Path | None = typer.Argument(
+        None, help="Checkpoint written by coins train (or --pretrained instead)."
+    ),
+    out: Path = Out("The .onnx file to write (.safetensors: the backbone's weights alone)."),
+    pretrained: str | None = typer.Option(
+        None, help="No checkpoint: an untrained pretrained backbone (timm name.tag or a file)."
+    ),
+    backbone: str | None = typer.Option(None, help="With a --pretrained file: its timm model."),
     which: str = typer.Option("backbone", help="backbone or head embedding."),
     opset: int = typer.Option(20, help="ONNX opset (>= 18)."),
     quantize: str | None = typer.Option(None, help="int8: static QDQ, kept if fine R@1 holds."),
@@ -312,13 +338,27 @@ def export_cmd(
     calibration_images: int = typer.Option(256, help="Training images for int8."),
     max_drop: float = typer.Option(1.0, help="Allowed fine R@1 drop, points."),
 ) -> None:
-    """Export a checkpoint to ONNX and check it against PyTorch; optionally quantize to int8."""
-    from coins.retrieval.onnx.export import export_checkpoint
+    """Export a checkpoint (or untrained --pretrained weights) to ONNX and check it against
+    PyTorch; optionally quantize to int8."""
+    from coins.retrieval.onnx.export import export_checkpoint, export_pretrained
     from coins.retrieval.onnx.quantize import export_int8
 
     if quantize not in (None, "int8"):
         raise typer.BadParameter(f"expected int8, got {quantize!r}", param_hint="--quantize")
-    if quantize is None:
+    if (checkpoint is None) == (pretrained is None):
+        raise typer.BadParameter("expected a CHECKPOINT or --pretrained, one of the two")
+    if checkpoint is not None and out.suffix == ".safetensors":  # weights for --pretrained FILE
+        from coins.retrieval.checkpoint import load_embedder
+        from coins.retrieval.pretrained import save_backbone
+
+        save_backbone(load_embedder(checkpoint), out)
+        typer.echo(f"wrote {out}: the backbone of {checkpoint}, for --pretrained {out}")
+        return
+    if pretrained is not None:
+        if quantize is not None or which != "backbone":
+            raise typer.BadParameter("--pretrained exports the backbone feature, unquantized")
+        report = export_pretrained(pretrained, out, backbone, opset)
+    elif quantize is None:
         report = export_checkpoint(checkpoint, out, which, opset)  # type: ignore[arg-type]
     else:
         report = export_int8(

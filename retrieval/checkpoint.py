@@ -19,6 +19,7 @@ import torch
 
 from .atomic import atomic_path
 from .models import Embedder, EmbedderConfig
+from .pretrained import WeightsOrigin
 
 FORMAT = "coins-checkpoint"
 VERSION = 1
@@ -36,12 +37,15 @@ Only if you trust where the file came from, convert it once in Python:
 
 
 def save_checkpoint(path: str | Path, model: Embedder, **extra: Any) -> None:
-    """Write `model` (weights and config) and any `extra` entries atomically."""
+    """Write `model` (weights, config, where its initial weights came from) and any `extra`
+    entries atomically."""
+    origin = model.weights_origin
     state = {
         "format": FORMAT,
         "version": VERSION,
         "model_config": model.config.to_dict(),
         "model": model.state_dict(),
+        "weights_origin": None if origin is None else origin.to_dict(),
         **extra,
     }
     _write(path, state)
@@ -134,13 +138,17 @@ def _last_line(error: Exception) -> str:
 def load_embedder(path: str | Path) -> Embedder:
     """Rebuild the embedder stored in a checkpoint, in eval mode on the CPU."""
     state = load_checkpoint(path, require=("model_config", "model"))
-    # The trained weights replace any initial backbone weights: don't require that file here.
-    config = dataclasses.replace(EmbedderConfig.from_dict(state["model_config"]), weights=None)
-    model = Embedder(config)
+    # The trained weights replace any initial backbone weights: don't require that file here,
+    # but keep the config that names it (exports and indexes record where training started).
+    saved = EmbedderConfig.from_dict(state["model_config"])
+    model = Embedder(dataclasses.replace(saved, weights=None, pretrained=None))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ValueError(f"checkpoint {path}: weights do not fit its model_config ({e})") from e
+    model.config = saved
+    origin = state.get("weights_origin")  # absent from checkpoints written before it was saved
+    model.weights_origin = None if origin is None else WeightsOrigin(**origin)
     return model.eval()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 SMALL_IMAGE_MAX = 64  # inputs of this size or less get the small-image stem
+INTERPOLATIONS = ("bilinear", "bicubic")  # resampling filters of Preprocess (timm's names)
 
 
 def near_matches(key: str, known: Iterable[str]) -> str:
@@ -67,6 +68,7 @@ class Preprocess:
     in_chans: int = 3  # 1 (grey) or 3 (RGB)
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # per channel, after scaling to [0, 1]
     std: tuple[float, ...] = (0.25, 0.25, 0.25)  # per channel
+    interpolation: str = "bilinear"  # resampling of every resize: bilinear | bicubic
 
     def __post_init__(self) -> None:
         # configs read back from JSON/YAML give lists; keep tuples so instances compare equal
@@ -85,6 +87,11 @@ class Preprocess:
             )
         if min(self.std) <= 0:
             raise ValueError(f"Preprocess: expected std > 0, got {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"Preprocess: expected interpolation {' or '.join(INTERPOLATIONS)}, "
+                f"got {self.interpolation!r}"
+            )
 
 
 @dataclass
@@ -128,6 +135,8 @@ class EmbedderConfig:
     head_hidden: int = 512  # MLP hidden width; 0 gives a linear head
     head_dim: int = 128  # projection output dimension
     weights: str | None = None  # local file of backbone weights; never a download
+    # timm's loader; the preprocessing comes from the weights' config unless set
+    pretrained: str | None = None  # timm name.tag (hub, cached) or a .safetensors/.pth file
     preprocess: Preprocess = field(default_factory=Preprocess)  # what the model expects
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # the configs live without torch (the CLI reads them); imported here for the old import paths
+from .atomic import file_sha256
 from .configs import SMALL_IMAGE_MAX, EmbedderConfig, Preprocess
+from .pretrained import WeightsOrigin, load_pretrained, timm_overlay
 
 Which = Literal["backbone", "head"]
 
@@ -55,18 +57,26 @@ def _load_backbone_weights(backbone: nn.Module, path: str) -> None:
 
 
 def create_backbone(config: EmbedderConfig) -> nn.Module:
-    """timm's `create_model(backbone, num_classes=0, **backbone_kwargs)`, never pretrained.
+    """timm's `create_model(backbone, num_classes=0, **backbone_kwargs)`, its weights not loaded
+    (`Embedder` loads `pretrained` after replacing the stem; a hub name's tag picks timm's
+    pretrained config, a file comes as `pretrained_cfg_overlay=dict(file=...)`).
 
     backbone_kwargs are free-form (each timm model takes its own), so timm is the one to judge
     them: what it rejects comes back as a ValueError naming the config keys, not a traceback.
     """
+    name, overlay = config.backbone, timm_overlay(config)
+    if config.pretrained and overlay is None:  # a hub name: its tag chooses timm's config
+        name = config.pretrained
+    kwargs = dict(config.backbone_kwargs)
+    if overlay is not None:
+        kwargs["pretrained_cfg_overlay"] = overlay
     try:
         return timm.create_model(
-            config.backbone,
+            name,
             pretrained=False,
             num_classes=0,
             in_chans=config.preprocess.in_chans,
-            **config.backbone_kwargs,
+            **kwargs,
         )
     except (TypeError, ValueError, RuntimeError) as e:
         raise ValueError(
@@ -92,11 +102,24 @@ class Embedder(nn.Module):
         super().__init__()
         self.config = config
         in_chans = config.preprocess.in_chans
+        if config.pretrained and config.weights:
+            raise ValueError(
+                f"model.pretrained {config.pretrained!r} and model.weights {config.weights!r}: "
+                "expected one source of initial weights, not both"
+            )
         self.backbone = create_backbone(config)
+        replaced = []
         if config.uses_small_stem:
             _use_small_stem(self.backbone, in_chans)
+            replaced = ["conv1"]
+        # where the initial weights came from; saved in checkpoints, exports and indexes
+        self.weights_origin: WeightsOrigin | None = None
         if config.weights:
             _load_backbone_weights(self.backbone, config.weights)
+            file = config.weights
+            self.weights_origin = WeightsOrigin(file, file, file_sha256(file))
+        if config.pretrained:
+            self.weights_origin = load_pretrained(self.backbone, config, replaced)
         self.num_features = int(self.backbone.num_features)  # type: ignore[arg-type]
         self.head = projection_head(self.num_features, config.head_hidden, config.head_dim)
 

@@ -88,6 +88,26 @@ RGB_224 = Preset(
     EmbedderConfig(preprocess=IMAGENET),
     {},
 )
+PRETRAINED_PHOTOS = Preset(
+    "pretrained-photos",
+    "photos from pretrained weights (chosen by --pretrained): full-width ResNet-18, the weights' "
+    "preprocessing, a gentle fine-tune (backbone lr x0.1, BatchNorm frozen, 1 head-only epoch)",
+    EmbedderConfig(preprocess=IMAGENET),  # the weights' own input size and statistics replace it
+    {
+        "epochs": 10,
+        "batch_size": 32,
+        "K": 1024,
+        "lr": 0.03,
+        "warmup_epochs": 0,
+        # [design] a fine-tune keeps what the weights know: the backbone moves at a tenth of the
+        # head's rate, its BatchNorm statistics stay, and the new head and classifier learn
+        # alone for the first epoch so that their random start sends no noise into it
+        "backbone_lr_mult": 0.1,
+        "freeze_bn": True,
+        "head_warmup_epochs": 1,
+        "augment": {"crop_scale": [0.35, 1.0]},
+    },
+)
 SYNTHETIC_PATCHES = Preset(
     "synthetic-patches",
     "the generated patches: a quarter-width ResNet-18 that fits 5 minutes of a CPU",
@@ -120,13 +140,16 @@ PRESETS: dict[str, Preset] = {
         GREY_28,
         RGB_32,
         RGB_224,
+        PRETRAINED_PHOTOS,
         SYNTHETIC_PATCHES,
         _tuned_on(GREY_28, "fashion-mnist"),
         _tuned_on(RGB_32, "cifar100"),
         _tuned_on(RGB_224, "sop"),
     )
 }
-IMAGE_KINDS = tuple(p for p in PRESETS.values() if p.dataset is None)  # what inference picks from
+PRETRAINED_PRESET = PRETRAINED_PHOTOS.name  # what `--pretrained` starts from, unless --preset
+# what inference picks from: the image kinds trained from scratch
+IMAGE_KINDS = tuple(p for p in PRESETS.values() if p.dataset is None and p is not PRETRAINED_PHOTOS)
 
 
 def preset_names() -> list[str]:

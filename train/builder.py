@@ -45,6 +45,10 @@ class CoInsModel(nn.Module):
         self.cfg = cfg
         self.method = method = METHODS[cfg.method]
         self.encoder_q = Embedder(cfg.model)
+        if cfg.freeze_bn:  # before the key encoder copies it: frozen in both
+            for bn in _batch_norms(self.encoder_q.backbone):
+                bn.requires_grad_(False)
+        self.backbone_frozen = False  # head warm-up: set by the loop per epoch (`freeze_backbone`)
         dim = cfg.model.head_dim
         self.classifier = (
             CosineClassifier(dim, num_classes, cfg.T) if method.classifier is not None else None
@@ -70,6 +74,27 @@ class CoInsModel(nn.Module):
             self.proxies = InstanceProxies(
                 train_coarse, dim, P, cfg.proxy_per_coarse, cfg.bank_momentum
             )
+
+    def train(self, mode: bool = True) -> CoInsModel:
+        """Train mode, except the backbones' BatchNorm while frozen (freeze_bn, head warm-up):
+        it normalises with the statistics it has and updates none."""
+        super().train(mode)
+        if mode and (self.cfg.freeze_bn or self.backbone_frozen):
+            for encoder in (self.encoder_q, self.encoder_k):
+                for bn in _batch_norms(encoder.backbone if encoder is not None else None):
+                    bn.eval()
+        return self
+
+    def freeze_backbone(self, frozen: bool, set_grad: bool) -> None:
+        """Head warm-up: the query backbone stops learning (`set_grad`: by dropping its
+        gradients, which spares its backward pass; DDP keeps them and the loop sets its
+        learning rate to 0 instead)."""
+        self.backbone_frozen = frozen
+        if set_grad:
+            for name, p in self.encoder_q.backbone.named_parameters():
+                bn_frozen = self.cfg.freeze_bn and _in_batch_norm(self.encoder_q.backbone, name)
+                p.requires_grad_(not frozen and not bn_frozen)
+        self.train(self.training)
 
     @torch.no_grad()
     def _momentum_update_key_encoder(self) -> None:
@@ -153,3 +178,14 @@ class CoInsModel(nn.Module):
         if part == "proxy":
             return self.cfg.lambda_p
         return 1.0
+
+
+def _batch_norms(module: nn.Module | None) -> list[nn.Module]:
+    if module is None:
+        return []
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _in_batch_norm(module: nn.Module, param: str) -> bool:
+    owner = module.get_submodule(param.rpartition(".")[0])
+    return isinstance(owner, nn.modules.batchnorm._BatchNorm)

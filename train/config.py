@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import inspect
 import io
+import sys
 import textwrap
 import tokenize
 import typing
@@ -18,7 +19,13 @@ import yaml
 # torch-free: `coins train --help` builds its flags from these in a fraction of a second
 from ..retrieval.config_check import check_value, hint_at
 from ..retrieval.configs import Augment, EmbedderConfig
-from ..retrieval.presets import Preset, get_preset, model_preset, preset_for_data
+from ..retrieval.presets import (
+    PRETRAINED_PRESET,
+    Preset,
+    get_preset,
+    model_preset,
+    preset_for_data,
+)
 from ..retrieval.presets import preset_names as preset_names
 from .methods import METHODS
 
@@ -45,6 +52,10 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | step
     lr_steps: tuple[int, ...] = ()  # epochs where a step schedule divides lr by 10
     warmup_epochs: int = 0  # epochs of linear learning-rate warm-up
+    # fine-tuning a pretrained backbone (model.pretrained)
+    backbone_lr_mult: float = 1.0  # the backbone learns at lr times this (1: as the rest)
+    freeze_bn: bool = False  # the backbone's BatchNorm keeps its statistics and affine weights
+    head_warmup_epochs: int = 0  # first epochs train head and classifier only (backbone frozen)
     # MoCo machinery
     K: int = 4096  # queue size; K % (batch_size * world_size) == 0
     m: float = 0.99  # key-encoder momentum
@@ -80,6 +91,7 @@ class TrainConfig:
     num_workers: int = 2  # data-loader processes; -1: one per core of this process, less one
     cache_images_mb: int = 1024  # file galleries: decoded into memory once if they fit (0: never)
     eval_every: int = 0  # epochs between test evaluations; 0: only at the end
+    eval_untrained: bool = True  # evaluate the starting embedder too, as epoch 0
     eval_split: str = "test"  # split of the final evaluation; val: the held-out split only
     # Held out of the training split per coarse class, seeded by `seed` (retrieval/data/
     # holdout.py); with it, every evaluation during training is on `val` and the eval split is
@@ -123,6 +135,13 @@ class TrainConfig:
             raise ValueError(f"num_workers must be >= 0 (or -1: per core), got {self.num_workers}")
         if self.select_by not in ("auto", "view", "fine"):
             raise ValueError(f"select_by {self.select_by!r}: expected auto, view or fine")
+        if self.backbone_lr_mult < 0:
+            raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if not 0 <= self.head_warmup_epochs < max(self.epochs, 1):
+            raise ValueError(
+                f"head_warmup_epochs must be in [0, epochs={self.epochs}), got "
+                f"{self.head_warmup_epochs}: the backbone would never train"
+            )
 
     @property
     def uses_queue(self) -> bool:
@@ -176,12 +195,21 @@ def load_config(
     sketch = raw  # file and overrides, unchecked: enough to find the data set's preset
     for key, value in given.items():
         sketch = _merge(sketch, _nested(key, value))
+    if named is None and _lookup(sketch, "model.pretrained"):
+        named = PRETRAINED_PRESET
+        about = get_preset(named).about
+        print(f"coins: pretrained weights given: preset {named} ({about}); choose another with "
+              "--preset NAME", file=sys.stderr)  # fmt: skip
     options = _preset_options(named, sketch)
     check_value("", TrainConfig, raw, options, OPTIONS)
     options = _merge(options, raw)
     for key, value in given.items():
         check_value(key, hint_at(TrainConfig, key, OPTIONS), value, _lookup(options, key), OPTIONS)
         options = _merge(options, _nested(key, value))
+    if _lookup(options, "model.pretrained"):
+        from ..retrieval.pretrained import with_weights_config  # imports timm: not for --help
+
+        options["model"] = with_weights_config(options["model"], sketch.get("model") or {})
     return TrainConfig.from_dict(options)
 
 

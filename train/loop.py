@@ -36,7 +36,7 @@ from . import distributed as dist
 from .builder import CoInsModel
 from .config import TrainConfig
 from .methods import METHODS
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, read_log
 from .schedule import alpha_scale, lr_at
 from .selection import selection_score
 
@@ -96,7 +96,15 @@ def _prepare_files(data: RetrievalDataset, cfg: TrainConfig) -> None:
 
 
 def _optimizer(cfg: TrainConfig, model: CoInsModel) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """One parameter group, or, for a fine-tune (backbone_lr_mult, head warm-up), two: the query
+    backbone's and the rest (head, classifier, proxies), each with its "lr_scale" of lr."""
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if cfg.backbone_lr_mult != 1 or cfg.head_warmup_epochs:
+        backbone = {id(p) for p in model.encoder_q.backbone.parameters()}
+        params = [
+            {"params": [p for p in params if id(p) not in backbone], "lr_scale": 1.0},
+            {"params": [p for p in params if id(p) in backbone], "lr_scale": cfg.backbone_lr_mult},
+        ]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -312,6 +320,10 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
     log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
+    final_set = test_set if test_set is not None else watched  # the split eval.json reports
+    untrained = None
+    if cfg.eval_untrained and dist.is_main():
+        untrained = _untrained(model, final_set, cfg, device, log, out, state is not None)
     M = cfg.proxy_start_epoch or cfg.epochs // 2
     record: dict[str, Any] = {}
     epoch = max(start - 1, 0)  # a finished run resumed: nothing left to train
@@ -357,8 +369,30 @@ def _train(
             val = {"fine": record["fine"], "coarse": record["coarse"]}
             result = {**result, "fine": test["fine"], "coarse": test["coarse"], "val": val}
         metrics = {"fine": result["fine"], "coarse": result["coarse"]} if result else {}
+        if result and untrained is not None:  # the starting embedder, on the same split
+            result["untrained"] = {k: untrained[k] for k in ("split", "fine", "coarse")}
         write_json(out / "eval.json", result)
     return metrics
+
+
+def _untrained(
+    model: CoInsModel,
+    data: RetrievalDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    log: MetricsLog,
+    out: Path,
+    resumed: bool,
+) -> dict[str, Any] | None:
+    """The starting embedder's metrics: evaluated before the first step, an "eval" record of
+    epoch 0 marked "untrained" (a resumed run reads back the one it logged)."""
+    if resumed:
+        logged = [r for r in read_log(log.path) if r.get("untrained")] if log.path.exists() else []
+        return logged[-1] if logged else None
+    record = {"epoch": 0, "step": 0, "untrained": True}
+    record |= _evaluate(model, data, cfg, device, select=False)
+    log.write({"event": "eval", **record})
+    return record
 
 
 def _epoch(
@@ -376,8 +410,10 @@ def _epoch(
     proxy_on: bool,
 ) -> int:
     """One pass over the training data; returns the global step count after it."""
-    net.train()
     _, size = dist.world()
+    frozen = epoch < cfg.head_warmup_epochs  # head warm-up: only head and classifier learn
+    model.freeze_backbone(frozen, set_grad=size == 1)
+    net.train()
     amp = cfg.amp and device.type == "cuda"
     bar = tqdm(
         _loader(data, cfg, epoch),
@@ -389,8 +425,8 @@ def _epoch(
     tic, sums, count = time.perf_counter(), {"loss": 0.0}, 0
     for views, coarse, fine, _, index in bar:
         lr = lr_at(cfg, step, steps_per_epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        for i, group in enumerate(opt.param_groups):  # group 1: the backbone, if split
+            group["lr"] = lr * (0.0 if frozen and i == 1 else group.get("lr_scale", 1.0))
         im_q, im_k = views if isinstance(views, list | tuple) else (views, None)
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

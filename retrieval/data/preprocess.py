@@ -21,8 +21,13 @@ def to_channels(img: Image.Image, in_chans: int) -> Image.Image:
     return img.convert("RGB" if in_chans == 3 else "L")
 
 
-def resize_centre_crop(img: Image.Image, size: int, max_aspect: float = 16.0) -> Image.Image:
-    """Resize the shorter side to `size` (bilinear, antialiased), then crop the centre square.
+FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resize_centre_crop(
+    img: Image.Image, size: int, max_aspect: float = 16.0, interpolation: str = "bilinear"
+) -> Image.Image:
+    """Resize the shorter side to `size` (antialiased `interpolation`), then crop the centre square.
 
     Ordinary images take the PIL calls of torchvision's Resize then CenterCrop (bit for bit what
     models were trained and evaluated with). A thin image would make that intermediate huge:
@@ -32,7 +37,7 @@ def resize_centre_crop(img: Image.Image, size: int, max_aspect: float = 16.0) ->
     result equals the long path up to rounding (at most 1 grey level), at a cost bounded by
     size**2.
     """
-    S = size
+    S, resample = size, FILTERS[interpolation]
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(S * long / short)  # as torchvision computes it
@@ -41,9 +46,9 @@ def resize_centre_crop(img: Image.Image, size: int, max_aspect: float = 16.0) ->
     if new_long > max_aspect * S:
         sx, sy = w / new_w, h / new_h  # source pixels per resized pixel
         box = (left * sx, top * sy, (left + S) * sx, (top + S) * sy)
-        return img.resize((S, S), Image.Resampling.BILINEAR, box=box)
+        return img.resize((S, S), resample, box=box)
     if (new_w, new_h) != (w, h):  # torchvision's Resize returns an image of that size as it is
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        img = img.resize((new_w, new_h), resample)
     return img.crop((left, top, left + S, top + S))
 
 
@@ -59,7 +64,7 @@ class EvalPreprocess:
     def __call__(self, img: Image.Image) -> np.ndarray:
         pre = self.pre
         img = to_channels(img, pre.in_chans)
-        img = resize_centre_crop(img, pre.input_size, self.max_aspect)
+        img = resize_centre_crop(img, pre.input_size, self.max_aspect, pre.interpolation)
         pixels = np.asarray(img, np.uint8).reshape(pre.input_size, pre.input_size, -1)  # SxSxC
         # the float32 steps of ToDtype(scale=True) and Normalize: x * (1/255), then (x - m) / s
         x = pixels.transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255)  # CxSxS

@@ -23,7 +23,8 @@ Views = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 def eval_transform(pre: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
     """Deterministic: resize the shorter side to input_size, centre crop, normalise -> [C,H,W]."""
-    return v2.Compose([_channels(pre), ResizeCentreCrop(pre.input_size), *_to_tensor(pre)])
+    resize = ResizeCentreCrop(pre.input_size, interpolation=pre.interpolation)
+    return v2.Compose([_channels(pre), resize, *_to_tensor(pre)])
 
 
 class ResizeCentreCrop:
@@ -33,15 +34,18 @@ class ResizeCentreCrop:
     with a bounded path for thin images, shared with the torch-free `EvalPreprocess`.
     """
 
-    def __init__(self, size: int, max_aspect: float = 16.0) -> None:
-        self.size, self.max_aspect = size, max_aspect
-        self.resize = v2.Resize(size, antialias=True)
+    def __init__(
+        self, size: int, max_aspect: float = 16.0, interpolation: str = "bilinear"
+    ) -> None:
+        self.size, self.max_aspect, self.interpolation = size, max_aspect, interpolation
+        mode = v2.InterpolationMode(interpolation)
+        self.resize = v2.Resize(size, interpolation=mode, antialias=True)
         self.crop = v2.CenterCrop(size)
 
     def __call__(self, img: Image.Image) -> Image.Image:
         if not isinstance(img, Image.Image):  # tensors: internal callers only, never thin
             return self.crop(self.resize(img))
-        return resize_centre_crop(img, self.size, self.max_aspect)
+        return resize_centre_crop(img, self.size, self.max_aspect, self.interpolation)
 
     def __repr__(self) -> str:
         return f"ResizeCentreCrop(size={self.size}, max_aspect={self.max_aspect})"
@@ -51,7 +55,12 @@ def train_transform(pre: Preprocess, aug: Augment) -> Callable[[Image.Image], to
     """One random view: crop, flip, colour (RGB only), blur, then normalise -> [C,H,W]."""
     ops: list[Callable[..., object]] = [
         _channels(pre),
-        v2.RandomResizedCrop(pre.input_size, scale=aug.crop_scale, antialias=True),
+        v2.RandomResizedCrop(
+            pre.input_size,
+            scale=aug.crop_scale,
+            interpolation=v2.InterpolationMode(pre.interpolation),
+            antialias=True,
+        ),
     ]
     if aug.hflip:
         ops.append(v2.RandomHorizontalFlip())

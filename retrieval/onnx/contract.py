@@ -112,7 +112,9 @@ def preprocess_from_metadata(meta: dict[str, Any], path: Path) -> Preprocess:
     """The `Preprocess` the model was trained with, from its metadata."""
     pre = meta["preprocess"]
     try:
-        return Preprocess(pre["input_size"], pre["in_chans"], tuple(pre["mean"]), tuple(pre["std"]))
+        interpolation = pre.get("interpolation", "bilinear")  # exports before it was recorded
+        size, chans, mean, std = pre["input_size"], pre["in_chans"], pre["mean"], pre["std"]
+        return Preprocess(size, chans, tuple(mean), tuple(std), interpolation)
     except (KeyError, TypeError, ValueError) as e:
         raise EmbedError(
             f"{path}: bad preprocess metadata {pre!r}: expected input_size, in_chans, mean, std "
@@ -129,7 +131,7 @@ def export_metadata(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON stored under metadata key "coins" (read back by OnnxEmbedder)."""
-    pre = model.config.preprocess
+    pre, origin = model.config.preprocess, model.weights_origin
     head = None
     if classifier is not None:
         head = {"level": classifier.level, "output": classifier.output, "T": classifier.T}
@@ -143,7 +145,7 @@ def export_metadata(
         | {
             "mode": "RGB" if pre.in_chans == 3 else "L",
             "layout": "NCHW",
-            "resize": "shorter side to input_size, centre crop",
+            "resize": f"shorter side to input_size ({pre.interpolation}), centre crop",
             "scale": "pixels / 255, then (x - mean) / std per channel",
         },
         "model_config": model.config.to_dict(),
@@ -154,6 +156,8 @@ def export_metadata(
         if classifier and classifier.level == "coarse"
         else None,
         "classifier": head,
+        # where the backbone's initial weights came from (name or file, sha256), or None
+        "weights_origin": None if origin is None else origin.to_dict(),
         "coins_version": __version__,
         "opset": opset,
         **(extra or {}),

@@ -29,7 +29,7 @@ from torch import nn
 
 from coins.retrieval.atomic import atomic_path
 from coins.retrieval.checkpoint import load_checkpoint, load_embedder
-from coins.retrieval.models import Embedder, Which, projection_head
+from coins.retrieval.models import Embedder, EmbedderConfig, Which, projection_head
 from coins.retrieval.onnx.contract import (
     EMBEDDING,
     INPUT,
@@ -39,6 +39,7 @@ from coins.retrieval.onnx.contract import (
     model_sha256,
     set_metadata,
 )
+from coins.retrieval.pretrained import with_weights_config
 
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # the torch.export-based exporter's lowest
@@ -133,6 +134,25 @@ def export_checkpoint(
     classifier = classifier_from_checkpoint(state)
     method = state.get("method")
     return export_model(model, out, which, classifier, method, opset, {"source": source})
+
+
+def export_pretrained(
+    pretrained: str,
+    out: str | Path,
+    backbone: str | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> ExportReport:
+    """`coins export --pretrained`: an untrained pretrained backbone, no checkpoint (its pooled
+    feature; the preprocessing of the weights), so its off-the-shelf features can be indexed
+    and compared with a trained model's."""
+    config = EmbedderConfig(pretrained=pretrained)
+    user = {}
+    if backbone is not None:
+        config.backbone = user["backbone"] = backbone
+    resolved = with_weights_config(config.to_dict(), user)
+    model = Embedder(EmbedderConfig.from_dict(resolved)).eval()
+    source = {"pretrained": pretrained, "trained": False}
+    return export_model(model, out, "backbone", None, None, opset, {"source": source})
 
 
 def export_model(

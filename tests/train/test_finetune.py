@@ -1,0 +1,97 @@
+"""Fine-tuning from pretrained weights: the config they bring, the recipe, the untrained row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from train_fixtures import TINY_DATA, TINY_MODEL, tiny_config
+
+from coins.retrieval.checkpoint import load_checkpoint
+from coins.retrieval.configs import EmbedderConfig, Preprocess
+from coins.retrieval.models import Embedder
+from coins.retrieval.pretrained import save_backbone
+from coins.train import load_config, train
+from coins.train.metrics_log import read_log
+
+GREY = {"input_size": 20, "in_chans": 1, "mean": [0.4], "std": [0.2], "interpolation": "bicubic"}
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    """A coins backbone file: the tiny model's architecture, grey 20-px inputs, bicubic."""
+    torch.manual_seed(3)
+    config = EmbedderConfig.from_dict({**TINY_MODEL, "preprocess": GREY})
+    return save_backbone(Embedder(config), tmp_path / "start.safetensors")
+
+
+def test_the_weights_bring_their_architecture_and_preprocessing(weights: Path) -> None:
+    cfg = load_config(dataset="synthetic-patches", **{"model.pretrained": str(weights)})
+    assert cfg.model.backbone_kwargs == TINY_MODEL["backbone_kwargs"]
+    assert cfg.model.preprocess == Preprocess(20, 1, (0.4,), (0.2,), "bicubic")
+    assert cfg.backbone_lr_mult < 1 and cfg.freeze_bn  # the pretrained-photos preset
+    mine = load_config(**{"model.pretrained": str(weights), "model.preprocess.input_size": 24})
+    assert mine.model.preprocess.input_size == 24 and mine.model.preprocess.std == (0.2,)
+
+
+def test_pretrained_with_model_weights_is_refused(weights: Path) -> None:
+    with pytest.raises(ValueError, match="expected one source of initial weights"):
+        load_config(**{"model.pretrained": str(weights), "model.weights": str(weights)})
+
+
+def test_a_hub_name_fixes_the_backbone() -> None:
+    cfg = load_config(**{"model.pretrained": "resnet10t.c3_in1k"})  # timm's config: no download
+    assert cfg.model.backbone == "resnet10t" and cfg.model.backbone_kwargs == {}
+    assert cfg.model.preprocess.input_size == 176 and cfg.model.preprocess.in_chans == 3
+    with pytest.raises(ValueError, match="drop model\\.backbone"):
+        load_config(**{"model.pretrained": "resnet10t.c3_in1k", "model.backbone": "resnet18"})
+
+
+def finetune(weights: Path, **options: object):
+    model = {**TINY_MODEL, "pretrained": str(weights), "preprocess": {"input_size": 16}}
+    plain = {"head_warmup_epochs": 0, "freeze_bn": False, "backbone_lr_mult": 1.0}
+    return tiny_config(model=model, **{**plain, **options})
+
+
+def test_training_logs_the_untrained_embedder_and_records_the_weights(
+    weights: Path, tmp_path: Path
+) -> None:
+    train(finetune(weights, max_steps=2), tmp_path, progress=False)
+    evals = [r for r in read_log(tmp_path / "metrics.jsonl") if r["event"] == "eval"]
+    assert evals[0]["epoch"] == 0 and evals[0]["untrained"] and evals[0]["split"] == "test"
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["untrained"]["fine"] == evals[0]["fine"]
+    origin = load_checkpoint(tmp_path / "checkpoint.pt")["weights_origin"]
+    assert origin["pretrained"] == str(weights) and len(origin["sha256"]) == 64
+
+
+def backbone_after(weights: Path, run: Path, **options: object) -> dict[str, torch.Tensor]:
+    steps = TINY_DATA["num_train"] // 16  # one epoch
+    train(finetune(weights, max_steps=steps, **options), run, progress=False)
+    state = load_checkpoint(run / "checkpoint.pt")["model"]
+    return {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def test_the_head_warm_up_leaves_the_backbone_as_it_started(weights: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    start = load_file(str(weights))
+    after = backbone_after(weights, tmp_path / "w", head_warmup_epochs=1)
+    assert all(torch.equal(after[k], v) for k, v in start.items())  # BatchNorm statistics too
+    moved = backbone_after(weights, tmp_path / "plain")
+    assert not all(torch.equal(moved[k], v) for k, v in start.items())
+
+
+def test_a_zero_backbone_rate_with_frozen_batch_norm_keeps_the_backbone(
+    weights: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    start = load_file(str(weights))
+    after = backbone_after(weights, tmp_path / "z", backbone_lr_mult=0.0, freeze_bn=True)
+    assert all(torch.equal(after[k], v) for k, v in start.items())
+    stats = backbone_after(weights, tmp_path / "s", backbone_lr_mult=0.0)  # BN still adapts
+    assert not torch.equal(stats["bn1.running_mean"], start["bn1.running_mean"])
+    assert torch.equal(stats["conv1.weight"], start["conv1.weight"])
