@@ -276,7 +276,8 @@ def build_index_from_model(
         out_dir,
         model_sha256=model.sha256,
         preprocess=model.metadata.get("preprocess"),
-        source=gallery.source,
+        # where the model's backbone weights came from (pretrained name or file, sha256)
+        source={**gallery.source, "weights_origin": model.metadata.get("weights_origin")},
         classes=model_classes(model.coarse_classes, rows),
         fields=fields,
         **options,
