@@ -351,32 +351,24 @@ def http_ids(url: str, path: str, xq: np.ndarray, encoding: str) -> np.ndarray:
 
 # ---- profile ----------------------------------------------------------------------------------
 
-LAYERS = [  # (layer, substrings of a frame), innermost match wins
-    ("FAISS search", ("faiss/", "store.py:search", "search (coins/serve/index/store.py")),
-    ("metadata lookup", ("metadata.py", "_metadata", "metadata (")),
+LAYERS = [  # (layer, substrings of a frame): a sample goes to its innermost frame that names one
+    ("FAISS search", ("faiss/", "SearchIndex.search")),
+    ("metadata lookup (SQLite)", ("MetadataStore", "_metadata (", "metadata_dict")),
     (
-        "JSON parse and vectors",
-        (
-            "orjson",
-            "decode.py",
-            "parse_json",
-            "model_validate_json",
-            "loads",
-            "vectors.py",
-            "normalise",
-        ),
+        "body: JSON parse and validation",
+        ("model_validate_json", "parse_search", "parse_json_body", "from_base64", "pydantic"),
     ),
-    (
-        "response (build, serialise, send)",
-        ("dumps", "model_dump_json", "response", "Response", "render", "send"),
-    ),
-    ("validation (pydantic)", ("pydantic", "validate")),
-    ("body limits", ("limits.py",)),
-    ("metrics middleware", ("observability.py", "prometheus_client")),
-    ("FastAPI/Starlette routing, dependencies", ("fastapi/", "starlette/")),
-    ("HTTP parsing (uvicorn, httptools/h11)", ("uvicorn/", "h11", "httptools")),
-    ("event loop, thread hop", ("asyncio", "uvloop", "concurrent/futures", "threading")),
+    ("vectors: check and normalise", ("normalise (", "norm (", "_linalg")),
+    ("response: dicts and orjson", ("neighbor_rows", "_answer (", "result_rows", "orjson")),
+    ("body limits and body read", ("limits.py", "Request.stream", "read_body")),
+    ("metrics", ("observability.py", "prometheus_client")),
+    ("search route (rest)", ("routes/search.py",)),
+    ("thread hop to the pool", ("concurrent/futures", "in_pool", "futures.py", "_chain_future")),
+    ("FastAPI/Starlette: middleware, routing", ("fastapi/", "starlette/", "contextlib")),
+    ("uvicorn: HTTP parsing (httptools), send", ("uvicorn/", "httptools", "h11", "app.py")),
+    ("event loop: asyncio tasks, uvloop (C)", ("asyncio/", "uvloop", "Runner.run")),
 ]
+IDLE = ("_worker (concurrent/futures/thread.py", "Condition.wait", "select", "epoll")
 
 
 def profile(work: Path, venv: Path, files: dict[int, Path], seconds: float) -> dict[str, Any]:
@@ -397,16 +389,16 @@ def profile(work: Path, venv: Path, files: dict[int, Path], seconds: float) -> d
 
 
 def layers(collapsed: str) -> dict[str, Any]:
-    """Share of the non-idle samples of each layer (the innermost frame that names one)."""
+    """Share of the busy samples of each layer (py-spy's raw output: `frames count` lines)."""
     counts: dict[str, int] = {}
     idle = 0
     for line in collapsed.splitlines():
         stack, _, n = line.rpartition(" ")
         frames = stack.split(";")
-        if any(w in frames[-1] for w in ("select", "epoll", "wait (threading", "_worker (")):
+        if any(w in frames[-1] for w in IDLE):
             idle += int(n)
             continue
-        layer = "other (Python)"
+        layer = "other"
         for frame in reversed(frames):
             hit = next((name for name, keys in LAYERS if any(k in frame for k in keys)), None)
             if hit is not None:

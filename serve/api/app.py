@@ -8,6 +8,7 @@ routes, while /healthz already answers 200.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         initargs=(settings.faiss_threads,),
     )
     loading = asyncio.create_task(asyncio.to_thread(load_all, app))
+    if getattr(app.state, "freeze_gc", False):
+        # what is loaded lives as long as the process: the collector's full passes, which
+        # walk every tracked object, skip it once frozen (~10 % of a search's CPU before)
+        loading.add_done_callback(lambda _: gc.freeze())
     follower = GenerationFollower(app) if settings.follow else None
     if follower is not None:
         follower.start()  # polls once loaded: new generations of index_dir are swapped in
@@ -132,7 +137,15 @@ def run(settings: ServeSettings, log_level: str = "info") -> None:
 
         run_processes(settings, log_level)
         return
-    uvicorn.Server(server_config(create_app(settings), settings, log_level)).run()
+    uvicorn.Server(server_config(serving_app(settings), settings, log_level)).run()
+
+
+def serving_app(settings: ServeSettings) -> FastAPI:
+    """The app of a serving process, which freezes what it loaded out of the garbage
+    collector's reach (apps made in tests do not: many share one process there)."""
+    app = create_app(settings)
+    app.state.freeze_gc = True
+    return app
 
 
 def server_config(app: FastAPI, settings: ServeSettings, log_level: str = "info") -> uvicorn.Config:
@@ -157,7 +170,7 @@ def app_from_env() -> FastAPI:
     from coins.serve.api.processes import SETTINGS_ENV
 
     settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
-    return create_app(settings)
+    return serving_app(settings)
 
 
 MAX_HEAD_BYTES = 64 * 2**10  # a request line and headers; h11's own bound is 16 KiB
