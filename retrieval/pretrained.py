@@ -186,7 +186,11 @@ def load_pretrained(
         where = cfg.get("file") or cfg.get("hf_hub_id") or config.pretrained
         raise PretrainedError(f"pretrained weights {where}: not readable ({e})") from e
     file = _source_file(cfg)
-    return WeightsOrigin(config.pretrained, str(file), file_sha256(file), reinit)
+    origin = WeightsOrigin(config.pretrained, str(file), file_sha256(file), reinit)
+    print(f"coins: pretrained weights {file} (sha256 {origin.sha256[:12]}...)", file=sys.stderr)
+    if reinit:  # layers the model replaced (the small-image stem) and the weights do not fit
+        print(f"coins: re-initialised, not from the weights: {'; '.join(reinit)}", file=sys.stderr)
+    return origin
 
 
 def _unavailable(spec: str, error: OSError) -> PretrainedError:

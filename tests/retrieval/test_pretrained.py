@@ -144,3 +144,30 @@ def _safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def test_a_hub_name_loads_through_timm_from_its_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    # the Hugging Face cache as a download would have left it; offline, so timm reads it there
+    repo = tmp_path / "hub" / "models--timm--resnet10t.c3_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    torch.manual_seed(2)
+    reference = timm.create_model("resnet10t")  # with its 1000-class classifier
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(state, str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    config = EmbedderConfig("resnet10t", preprocess=Preprocess(64, 3), small_stem=False)
+    model = Embedder(dataclasses.replace(config, pretrained="resnet10t.c3_in1k"))
+    assert torch.equal(
+        model.backbone.state_dict()["layer4.0.conv2.weight"], state["layer4.0.conv2.weight"]
+    )
+    assert model.weights_origin is not None
+    assert model.weights_origin.sha256 == file_sha256(snapshot / "model.safetensors")
