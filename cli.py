@@ -581,10 +581,14 @@ def index_build_cmd(
         False, help="With --from-embeddings: IVF lists in a file, paged in by the OS."
     ),
     verify: str = typer.Option("fast", help="Shard check: fast (sizes) or full (sha256)."),
+    field: list[str] | None = typer.Option(
+        None, help="NAME:TYPE (int, float, bool, string, timestamp), repeatable; else inferred."
+    ),
 ) -> None:
     """Embed a gallery with MODEL (or read `coins embed` shards) and build, tune and save an
     index."""
     from coins.serve.index.build import build_gallery_index, build_summary
+    from coins.serve.index.fields import parse_declared
 
     index, failed = build_gallery_index(
         out, model=model, from_embeddings=from_embeddings, dataset=dataset, split=split,
@@ -592,12 +596,14 @@ def index_build_cmd(
         index_key=index_type, target_recall=target_recall, max_memory_gb=max_memory_gb,
         append=append, replace=replace, overwrite=overwrite, batch_size=batch_size,
         threads=threads, strict=strict, on_disk=on_disk, verify=_verify(verify),
-        log=lambda line: typer.secho(line, err=True),
+        log=lambda line: typer.secho(line, err=True), fields=parse_declared(field or []),
     )  # fmt: skip
     for path, reason in failed:
         typer.secho(f"skipped {path}: {reason}", err=True)
     summary, warnings = build_summary(index)
     typer.echo(f"{out}: {summary}")
+    if index.schema is not None:
+        typer.echo(f"fields: {index.schema.describe()}")
     for warning in warnings:
         typer.secho(f"warning: {warning}", err=True)
 
@@ -673,12 +679,17 @@ def search_cmd(
     model: Path | None = typer.Option(None, help="ONNX model of the index."),
     coarse: str | None = typer.Option(None, help="Only items of this coarse class."),
     fine: str | None = typer.Option(None, help="Only items of this fine class."),
+    filter_: str | None = typer.Option(
+        None, "--filter", help='JSON filter: {"must": [{"key": "brand", "match": {...}}]}.'
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Nearest neighbours in an index, with scores and metadata; --id never returns itself."""
     from coins.serve.index.query import format_neighbours, neighbours_json, search_index
 
-    results = search_index(index_dir, k, image, id_, vector_file, model, coarse, fine)
+    results = search_index(
+        index_dir, k, image, id_, vector_file, model, coarse, fine, filter=filter_
+    )
     if json_out:
         typer.echo(json.dumps(neighbours_json(results), indent=1))
     else:
