@@ -140,11 +140,8 @@ def indexes(tmp_path_factory: pytest.TempPathFactory, data) -> dict[str, SearchI
     return out
 
 
-def on_disk_index(folder: Path, ids: np.ndarray, xb: np.ndarray, rows: list) -> SearchIndex:
-    """An on-disk IVF built from a `coins embed` folder of the same items (text rows)."""
-    from coins.retrieval.shards import open_embeddings
-
-    job = folder / "job"
+def shard_folder(job: Path, ids: np.ndarray, xb: np.ndarray, rows: list) -> Path:
+    """A finished `coins embed` folder of these items (text rows, as from a csv)."""
     job.mkdir()
     manifest = job_manifest(
         model_sha256="ab" * 32, dim=D, which="embedding", preprocess={}, source={"kind": "x"},
@@ -153,7 +150,14 @@ def on_disk_index(folder: Path, ids: np.ndarray, xb: np.ndarray, rows: list) -> 
     prepare_output(job, manifest)
     for c, s in enumerate(range(0, len(ids), 500)):
         write_chunk(job, c, xb[s : s + 500], rows[s : s + 500], [], "ab" * 32)
-    emb = open_embeddings([job])
+    return job
+
+
+def on_disk_index(folder: Path, ids: np.ndarray, xb: np.ndarray, rows: list) -> SearchIndex:
+    """An on-disk IVF built from a `coins embed` folder of the same items."""
+    from coins.retrieval.shards import open_embeddings
+
+    emb = open_embeddings([shard_folder(folder / "job", ids, xb, rows)])
     index = build_from_source(
         emb, folder / "index", index_key="IVF16,Flat", on_disk=True, tune_queries=0
     )
@@ -308,3 +312,28 @@ def test_a_cached_selection_ends_with_the_next_add_or_remove(tmp_path, data) -> 
     assert index.select(f).tolist() == [*before.tolist(), 500]
     index.remove(before[:1])
     assert index.select(f).tolist() == [*before[1:].tolist(), 500]
+
+
+def test_the_cli_declares_fields_prints_them_and_searches_with_a_filter(tmp_path, data) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from coins.cli import app
+
+    ids, xb, rows = data
+    job = shard_folder(tmp_path / "job", ids[:300], xb[:300], rows[:300])
+    out = tmp_path / "index"
+    run = CliRunner().invoke
+    r = run(app, ["index", "--from-embeddings", str(job), "-o", str(out), "--type", "flat",
+                  "--field", "added:string"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "fields: added:string, brand:string, in_stock:bool, price:float" in r.output
+    f = {"must": [{"key": "brand", "match": {"any": ["b1", "b2"]}}]}
+    r = run(app, ["search", str(out), "--id", "3", "-k", "5", "--filter", json.dumps(f), "--json"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)[0]
+    assert len(hits) == 5 and all(h["metadata"]["brand"] in ("b1", "b2") for h in hits)
+    bad = json.dumps({"must": [{"key": "colour", "match": {"value": "red"}}]})
+    r = run(app, ["search", str(out), "--id", "3", "--filter", bad])
+    assert r.exit_code == 2 and "unknown field 'colour'" in r.output
