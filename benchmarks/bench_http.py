@@ -371,17 +371,20 @@ LAYERS = [  # (layer, substrings of a frame): a sample goes to its innermost fra
 IDLE = ("_worker (concurrent/futures/thread.py", "Condition.wait", "select", "epoll")
 
 
-def profile(work: Path, venv: Path, files: dict[int, Path], seconds: float) -> dict[str, Any]:
-    """py-spy samples of one new server process under 1 connection at batch 1, by layer."""
-    server = coins_server(work, 1, None)
+def profile(
+    work: Path, venv: Path, body_file: Path, seconds: float, checkout: Path | None = None
+) -> dict[str, Any]:
+    """py-spy samples of one server process (this checkout's, or `checkout`'s) under 1
+    connection at batch 1, by layer."""
+    server = coins_server(work, 1, checkout)
     try:
-        raw = work / "profile.txt"
+        raw = work / f"profile-{'base' if checkout else 'new'}.txt"
         spy = subprocess.Popen([str(venv / "bin" / "py-spy"), "record", "--pid",
                                 str(server.proc.pid), "--format", "raw", "--rate", "1000",
                                 "--duration", f"{seconds:g}", "--threads",
                                 "--output", str(raw)], stdout=subprocess.DEVNULL)  # fmt: skip
         time.sleep(1)
-        wrk(server.url, "/v1/search", files[1], 1, seconds)
+        wrk(server.url, "/v1/search", body_file, 1, seconds)
         spy.wait()
     finally:
         server.stop()
@@ -470,7 +473,11 @@ def main() -> None:
         finally:
             server.stop()
     if a.profile and a.chroma is not None:
-        result["profile"] = profile(a.work, a.chroma, {1: files["json", 1]}, a.profile)
+        result["profile"] = {"new": profile(a.work, a.chroma, files["json", 1], a.profile)}
+        if a.baseline is not None:
+            result["profile"]["base"] = profile(
+                a.work, a.chroma, files["json", 1], a.profile, a.baseline
+            )
     (a.work / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
 
