@@ -1,7 +1,8 @@
 """The peers of bench_filters.py, run by the Python of their own venv (never the project's):
 Chroma (`chromadb`, an embedded PersistentClient: its HNSW with a metadata pre-filter) and
 LanceDB (`lancedb`: IVF-PQ with a pre-filter, scalar indexes on the fields, refine), each
-filtered search on the same vectors, fields, filters and exact ground truth.
+filtered search on the same vectors, fields, filters and exact ground truth; LanceDB also
+without a vector index ("lancedb exact": the pre-filtered rows scanned exactly).
 
     /tmp/peers-venv/bin/python benchmarks/bench_filters_peers.py DATA_DIR WORK_DIR
 
@@ -63,7 +64,11 @@ def run_chroma(data: dict[str, Any], work: Path) -> tuple[list[dict[str, Any]], 
     return rows, {"build_s": build_s, "settings": "defaults, hnsw:space ip"}
 
 
-def run_lance(data: dict[str, Any], work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_lance(
+    data: dict[str, Any], work: Path, indexed: bool = True
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """LanceDB with an IVF-PQ index (`indexed`), or without: an exact scan of the rows the
+    pre-filter keeps."""
     import lancedb
     import pyarrow as pa
 
@@ -78,11 +83,12 @@ def run_lance(data: dict[str, Any], work: Path) -> tuple[list[dict[str, Any]], d
             "in_stock": pa.array(f["in_stock"]),
         }
     )
-    db = lancedb.connect(str(work / "lance"))
+    db = lancedb.connect(str(work / ("lance" if indexed else "lance-flat")))
     t = time.perf_counter()
     tbl = db.create_table("items", data=table, mode="overwrite")
     partitions = min(LANCE_PARTITIONS, max(1, len(xb) // 256))
-    tbl.create_index(metric="dot", num_partitions=partitions, num_sub_vectors=d // 8)
+    if indexed:
+        tbl.create_index(metric="dot", num_partitions=partitions, num_sub_vectors=d // 8)
     for column, kind in (("brand", "BITMAP"), ("in_stock", "BITMAP"), ("price", "BTREE")):
         tbl.create_scalar_index(column, index_type=kind)
     build_s = time.perf_counter() - t
@@ -90,14 +96,17 @@ def run_lance(data: dict[str, Any], work: Path) -> tuple[list[dict[str, Any]], d
 
     def query(q: np.ndarray, where: str, k: int) -> list[int]:
         s = tbl.search(q).metric("dot").where(where, prefilter=True)
-        s = s.nprobes(LANCE_NPROBES).refine_factor(LANCE_REFINE).limit(k).select(["id"])
-        return [int(i) for i in s.to_arrow()["id"].to_pylist()]
+        if indexed:
+            s = s.nprobes(LANCE_NPROBES).refine_factor(LANCE_REFINE)
+        return [int(i) for i in s.limit(k).select(["id"]).to_arrow()["id"].to_pylist()]
 
     rows = measure(data, lambda q, filt, k: query(q, filt["lance"], k))
-    settings = (
-        f"IVF{partitions}_PQ{d // 8}, nprobes {LANCE_NPROBES}, refine_factor {LANCE_REFINE}, "
-        "prefilter, scalar indexes (brand, in_stock bitmap, price btree)"
+    vectors = (
+        f"IVF{partitions}_PQ{d // 8}, nprobes {LANCE_NPROBES}, refine_factor {LANCE_REFINE}"
+        if indexed
+        else "no vector index (exact scan)"
     )
+    settings = f"{vectors}, prefilter, scalar indexes (brand, in_stock bitmap, price btree)"
     return rows, {"build_s": build_s, "settings": settings}
 
 
@@ -130,7 +139,11 @@ def main() -> None:
                             for name in ("xb", "xq", "price", "brand", "in_stock")}  # fmt: skip
     data |= spec
     result: dict[str, Any] = {"engines": [], "versions": {}, "config": {}}
-    engines = (("chroma", run_chroma, "chromadb"), ("lancedb", run_lance, "lancedb"))
+    engines = (
+        ("chroma", run_chroma, "chromadb"),
+        ("lancedb", run_lance, "lancedb"),
+        ("lancedb exact", lambda data, work: run_lance(data, work, indexed=False), "lancedb"),
+    )
     for engine, run, package in engines:
         rows, config = run(data, work)
         result["engines"].append(engine)
