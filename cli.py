@@ -589,7 +589,9 @@ def index_build_cmd(
     index."""
     from coins.serve.index.build import build_gallery_index, build_summary
     from coins.serve.index.fields import parse_declared
+    from coins.serve.index.manifest import IndexManifest
 
+    before = IndexManifest.load(out).count if append else None
     index, failed = build_gallery_index(
         out, model=model, from_embeddings=from_embeddings, dataset=dataset, split=split,
         root=root, dataset_options=_options(option), images=images, manifest=manifest,
@@ -600,7 +602,9 @@ def index_build_cmd(
     )  # fmt: skip
     for path, reason in failed:
         typer.secho(f"skipped {path}: {reason}", err=True)
-    summary, warnings = build_summary(index)
+    if failed:
+        typer.secho(f"skipped {len(failed):,} undecodable images", err=True)
+    summary, warnings = build_summary(index, before)
     typer.echo(f"{out}: {summary}")
     if index.schema is not None:
         typer.echo(f"fields: {index.schema.describe()}")

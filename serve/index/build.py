@@ -234,6 +234,7 @@ def build_index_from_model(
     threads: int | None = None,
     progress: bool = True,
     fields: Mapping[str, str] | None = None,
+    log: Any = None,
     **options: Any,
 ) -> tuple[SearchIndex, list[tuple[Path, str]]]:
     """Embed a gallery (a data set split, a folder of images or a CSV manifest) with an ONNX
@@ -251,10 +252,16 @@ def build_index_from_model(
     if append:  # check before embedding: a wrong model would waste the whole pass
         existing = SearchIndex.load(out_dir, model_sha256=model.sha256)
         present = np.array([m is not None for m in existing.metadata(gallery.ids)], dtype=bool)
+        say = log or (lambda line: None)
         if not replace:
+            say(f"{int(present.sum()):,} of {len(gallery):,} items are in the index already: "
+                "skipped (left as they are; --replace embeds them again)")  # fmt: skip
             gallery, present = gallery.subset(np.flatnonzero(~present)), present[~present]
         elif present.any() and not existing.supports_removal:
             raise IndexUpdateError(f"{out_dir}: this index cannot remove ids, so cannot replace")
+        else:
+            say(f"{int(present.sum()):,} of {len(gallery):,} items are in the index already: "
+                "embedded again, replacing the stored ones")  # fmt: skip
     elif (Path(out_dir) / "index.json").exists() and not options.get("overwrite"):
         raise IndexUpdateError(f"{out_dir} already holds an index; pass append, or another dir")
     if existing is not None:  # check the fields before embedding too
@@ -347,16 +354,24 @@ def build_gallery_index(
         index = build_index_from_embeddings(from_embeddings, out_dir, verify=verify, **options)
         return index, []
     assert model is not None
+    if append:
+        options["log"] = log
     return build_index_from_model(
         model, out_dir, dataset, split, root, dataset_options, images, manifest, replace=replace,
         batch_size=batch_size, strict=strict, threads=threads, progress=progress, **options,
     )  # fmt: skip
 
 
-def build_summary(index: SearchIndex) -> tuple[str, list[str]]:
-    """What was built, in a line or two (size, FAISS key and why, tuning), and warnings."""
+def build_summary(index: SearchIndex, before: int | None = None) -> tuple[str, list[str]]:
+    """What was built, in a line or two (size, FAISS key and why, tuning), and warnings; for an
+    append, `before` is the count the index had, and the key and tuning are the build's."""
     m = index.manifest
     lines = [f"{m.count:,} vectors of dimension {m.dim}, {m.index_key} ({m.choice_reason})"]
+    if before is not None:
+        lines = [
+            f"added {m.count - before:,} vectors: {before:,} -> {m.count:,} of dimension {m.dim}",
+            f"{m.index_key}, as built (chosen for the build's items: {m.choice_reason})",
+        ]
     warnings = []
     if m.tuning is not None:
         t, params = m.tuning, ", ".join(f"{k}={v}" for k, v in m.index_params.items())

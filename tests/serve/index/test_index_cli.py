@@ -123,8 +123,14 @@ def test_shards_then_append_then_remove(built, tmp_path) -> None:
     train = ["index", str(model), *gallery, "--split", "train", "-o", out, "--append"]
     appended = runner.invoke(app, train)
     assert appended.exit_code == 0, appended.output
+    assert "0 of 64 items are in the index already: skipped" in appended.output
+    assert "added 64 vectors: 48 -> 112 of dimension" in appended.output  # not the build's 48
     index = SearchIndex.load(out)
     assert index.ntotal == 48 + 64 and index.manifest.model_sha256 == OnnxEmbedder(model).sha256
+    twice = runner.invoke(app, train)  # the same items again: every one skipped, none added
+    assert twice.exit_code == 0, twice.output
+    assert "64 of 64 items are in the index already: skipped" in twice.output
+    assert "added 0 vectors: 112 -> 112" in twice.output
     ids = index.labels()[0][:3]
     removed = runner.invoke(app, ["index", "remove", out, "--ids", ",".join(map(str, ids))])
     assert removed.exit_code == 0, removed.output
