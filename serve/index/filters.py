@@ -116,11 +116,33 @@ Condition = Annotated[
 
 
 class Filter(_Strict):
-    """must / should / must_not lists of conditions; an empty filter keeps every item."""
+    """must / should / must_not lists of conditions; an empty filter keeps every item. As a
+    field of a request model, it refuses nesting past MAX_DEPTH and more than MAX_CONDITIONS
+    conditions itself (a ValidationError, so FastAPI's 422)."""
 
     must: list[Condition] | None = None
     should: list[Condition] | None = None
     must_not: list[Condition] | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Filter:
+        depth, conditions = _size(self)
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        if conditions > MAX_CONDITIONS:
+            raise ValueError(f"more than {MAX_CONDITIONS} conditions")
+        return self
+
+
+def _size(f: Filter) -> tuple[int, int]:
+    """Nesting depth (this filter: 1) and conditions of a validated filter."""
+    depth, conditions = 1, 0
+    for c in (*(f.must or ()), *(f.should or ()), *(f.must_not or ())):
+        conditions += 1
+        if isinstance(c, Filter):
+            d, n = _size(c)
+            depth, conditions = max(depth, d + 1), conditions + n
+    return depth, conditions
 
 
 def parse_filter(raw: str | Mapping[str, Any] | Filter | None) -> Filter | None:

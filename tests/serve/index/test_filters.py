@@ -337,3 +337,16 @@ def test_the_cli_declares_fields_prints_them_and_searches_with_a_filter(tmp_path
     bad = json.dumps({"must": [{"key": "colour", "match": {"value": "red"}}]})
     r = run(app, ["search", str(out), "--id", "3", "--filter", bad])
     assert r.exit_code == 2 and "unknown field 'colour'" in r.output
+
+
+def test_the_pydantic_model_alone_refuses_deep_filters() -> None:
+    """As a field of a request model (the API's), without parse_filter's check first."""
+    from pydantic import ValidationError
+
+    from coins.serve.index.filters import Filter
+
+    f: dict[str, Any] = {"must": [{"key": "brand", "match": {"value": "b1"}}]}
+    for _ in range(MAX_DEPTH):
+        f = {"should": [f]}
+    with pytest.raises(ValidationError, match=f"deeper than {MAX_DEPTH}"):
+        Filter.model_validate(f)
