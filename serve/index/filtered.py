@@ -4,9 +4,11 @@
 
 - *selector*: the index searches as usual with an `IDSelector` in its `SearchParameters`
   (`SearchParametersIVF` for IVF, in RAM or on disk; `SearchParametersHNSW`; plain
-  `SearchParameters` for `IDMap2` over Flat/PQ), nprobe / efSearch scaled by ntotal / allowed:
-  a filter keeping 1 item in s leaves 1/s of the candidates a search visits, so it visits s
-  times more to find as many.
+  `SearchParameters` for `IDMap2` over Flat/PQ), nprobe / efSearch scaled by
+  MARGIN x ntotal / allowed: a filter keeping 1 item in s leaves 1/s of the candidates a search
+  visits, so it visits s times more to find as many; MARGIN more again, as the tuned nprobe is
+  the least that reached the target recall unfiltered, and a filter's items are not spread
+  over the lists as evenly as all items are.
 - *exact*: the allowed vectors are reconstructed and compared with every query (`faiss.knn`).
   When few items are allowed, this reads fewer vectors than the selector search visits (which,
   at 0.1 % of an IVF, would scan every list), and it is exact: the k results come back at any
@@ -38,6 +40,7 @@ _faiss: Any = faiss  # the bundled faiss stubs lack SearchParameters* keywords
 BITMAP_MIN_BYTES = 2**20  # a bitmap this small is always fine
 HNSW_EXACT_FRACTION = 0.05  # HNSW: exact below this fraction allowed (graph search degrades)
 EXACT_MIN = 2048  # always exact up to this many allowed ids
+MARGIN = 2.0  # filtered searches visit this many times more than ntotal / allowed
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class Plan:
 def plan(index: faiss.Index, allowed: int) -> Plan:
     """Exact when it reads fewer vectors than the selector search would visit."""
     ntotal = max(1, int(index.ntotal))
-    scale = ntotal / max(1, allowed)
+    scale = MARGIN * ntotal / max(1, allowed)
     ivf = ivf_of(index)
     if ivf is not None:
         nprobe = min(int(ivf.nlist), math.ceil(ivf.nprobe * scale))
