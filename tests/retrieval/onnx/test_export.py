@@ -100,7 +100,7 @@ def test_metadata_holds_preprocess_config_method_and_classes(exported) -> None:
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["coins"])
     assert meta["preprocess"] | {"mean": None} == {
         "input_size": 16, "in_chans": 3, "mean": None, "std": [0.25] * 3, "mode": "RGB",
-        "layout": "NCHW", "resize": meta["preprocess"]["resize"],
+        "interpolation": "bilinear", "layout": "NCHW", "resize": meta["preprocess"]["resize"],
         "scale": meta["preprocess"]["scale"],
     }  # fmt: skip
     assert EmbedderConfig.from_dict(meta["model_config"]) == EmbedderConfig.from_dict(TINY_MODEL)
@@ -109,6 +109,7 @@ def test_metadata_holds_preprocess_config_method_and_classes(exported) -> None:
     assert meta["embedding_dim"] == 32
     assert meta["coins_version"] == __version__
     assert meta["source"]["trained_on"]["dataset"] == "synthetic-patches"
+    assert meta["weights_origin"] is None  # trained from a random start
 
 
 def test_coarse_head_only_where_the_method_trained_a_coarse_classifier(exported) -> None:
