@@ -95,7 +95,8 @@ def create_app(settings: ServeSettings, artifacts: Artifacts | None = None) -> F
         app.include_router(module.router)
     _mount_page(app, settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(  # the inner one: the last added runs first
+    app.add_middleware(routes_search.SearchEndpoint, fastapi=app)  # inside the limits
+    app.add_middleware(  # the last added runs first
         BodyLimits,
         max_body=settings.max_request_bytes,
         idle_timeout=settings.body_idle_timeout_s,

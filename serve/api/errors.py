@@ -117,6 +117,12 @@ def allowed_methods(request: Request) -> list[str]:
     ]
 
 
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    """422 naming the first errors of a validation, and up to 20 of them in `errors`."""
+    errors = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
+    return error_response(422, _validation_message(exc), errors=errors)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """JSON errors for ApiError, HTTPException, validation errors and anything unexpected."""
 
@@ -134,8 +140,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()[:20]]
-        return error_response(422, _validation_message(exc), errors=errors)
+        return validation_response(exc)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

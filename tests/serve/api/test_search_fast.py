@@ -160,3 +160,24 @@ def test_the_client_sends_base64_when_the_server_takes_it(index_dir, tmp_path) -
         assert b'"vectors":' in sent[-1]
     finally:
         app_client.__exit__(None, None, None)
+
+
+def test_searches_are_counted_under_their_route_whatever_their_status(index_dir, tmp_path):
+    # SearchEndpoint answers before the router: it must label the metrics as the router would
+    client = client_for(index_dir, tmp_path, max_vectors=2)
+    try:
+        assert client.post("/v1/search", json={"vectors": [[1.0] * D]}).status_code == 200
+        assert client.post("/v1/search", json={"vectors": [[1.0] * (D + 1)]}).status_code == 422
+        assert client.post("/v1/search", json={"k": 0}).status_code == 422  # pydantic's 422
+        assert client.post("/v1/search", json={"vectors": [[1.0] * D] * 3}).status_code == 413
+        assert client.post("/v1/search", content=b"{").status_code == 422
+        assert client.get("/v1/search").status_code == 405  # the router's, with its Allow
+        text = client.get("/metrics").text
+        for status, count in (("200", 1), ("422", 3), ("413", 1)):
+            line = (
+                f'coins_http_requests_total{{method="POST",route="/v1/search",status="{status}"}}'
+            )
+            assert f"{line} {count}.0" in text, (status, text)
+        assert 'coins_queries_total{kind="vector"} 1.0' in text
+    finally:
+        client.__exit__(None, None, None)
