@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,26 @@ def test_a_zero_backbone_rate_with_frozen_batch_norm_keeps_the_backbone(
     stats = backbone_after(weights, tmp_path / "s", backbone_lr_mult=0.0)  # BN still adapts
     assert not torch.equal(stats["bn1.running_mean"], start["bn1.running_mean"])
     assert torch.equal(stats["conv1.weight"], start["conv1.weight"])
+
+
+@pytest.mark.slow  # a training run through the command line: ~10 s on a loaded CPU
+def test_the_command_prints_the_untrained_and_the_trained_rows(
+    weights: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from coins.cli import app
+
+    data = [arg for key, value in TINY_DATA.items() for arg in ("--option", f"{key}={value}")]
+    args = ["train", "--pretrained", str(weights), "--dataset", "synthetic-patches", *data,
+            "-o", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "16", "--K", "64",
+            "--num-workers", "0", "--max-steps", "2", "--head-warmup-epochs", "0",
+            "--set", "model.preprocess.input_size=16"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "untrained (before the first step):" in result.output
+    assert re.search(r"fine R@1 on test: untrained \d+\.\d, trained \d+\.\d", result.output)
+    refused = CliRunner().invoke(app, [*args, "--set", f"model.weights={weights}"])
+    assert refused.exit_code == 2 and "expected one source of initial weights" in refused.output
+    neither = CliRunner().invoke(app, ["export", "-o", str(tmp_path / "m.onnx")])
+    assert neither.exit_code == 2 and "CHECKPOINT or --pretrained" in neither.output
