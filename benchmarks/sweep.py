@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 
-def start(name: str, args: list[str], out: Path, device: str) -> subprocess.Popen[bytes]:
+def start(
+    name: str, args: list[str], out: Path, device: str, head: bool = True
+) -> subprocess.Popen[bytes]:
     run_dir = out / name
     script = (
         "import sys, json; from pathlib import Path; from coins.cli import main;"
@@ -28,10 +30,13 @@ def start(name: str, args: list[str], out: Path, device: str) -> subprocess.Pope
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "d = Path(sys.argv[sys.argv.index('--out') + 1])\n"
         "c = json.loads((d / 'config.json').read_text())\n"
-        "evaluate_model_on(c['dataset'], c['eval_split'], d/'checkpoint.pt', root=c['root'],"
-        " options=c['dataset_options'], which='head', device=c['device'],"
-        " json_path=d/'eval-head.json')\n"
     )
+    if head:  # the head embedding too: one more pass over the eval split
+        script += (
+            "evaluate_model_on(c['dataset'], c['eval_split'], d/'checkpoint.pt', root=c['root'],"
+            " options=c['dataset_options'], which='head', device=c['device'],"
+            " json_path=d/'eval-head.json')\n"
+        )
     cmd = [sys.executable, "-c", script, *args, "--device", device, "--out", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log = (out / f"{name}.log").open("wb")
@@ -56,7 +61,9 @@ def result(name: str, args: list[str], out: Path, wall: float, rc: int | None) -
     return record
 
 
-def sweep(spec: list[dict], out: Path, parallel: int, deadline: float, device: str) -> list[dict]:
+def sweep(
+    spec: list[dict], out: Path, parallel: int, deadline: float, device: str, head: bool = True
+) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     pending = list(spec)
     running: dict[str, tuple[subprocess.Popen[bytes], float, list[str]]] = {}
@@ -70,8 +77,8 @@ def sweep(spec: list[dict], out: Path, parallel: int, deadline: float, device: s
         late = time.monotonic() - t0 > deadline
         while pending and len(running) < parallel and not late:
             run = pending.pop(0)
-            running[run["name"]] = (start(run["name"], run["args"], out, device), time.monotonic(),
-                                    run["args"])  # fmt: skip
+            running[run["name"]] = (start(run["name"], run["args"], out, device, head),
+                                    time.monotonic(), run["args"])  # fmt: skip
         if late:
             for name, (proc, tic, args) in running.items():
                 proc.kill()
@@ -101,8 +108,10 @@ def main() -> None:
     p.add_argument("--deadline-s", type=float, default=1e9)
     p.add_argument("--device", default="cpu")
     p.add_argument("--results", type=Path, help="also write the records here (JSON)")
+    p.add_argument("--no-head", action="store_true", help="skip the head-embedding evaluation")
     a = p.parse_args()
-    done = sweep(json.loads(a.spec.read_text()), a.out, a.parallel, a.deadline_s, a.device)
+    spec = json.loads(a.spec.read_text())
+    done = sweep(spec, a.out, a.parallel, a.deadline_s, a.device, not a.no_head)
     text = json.dumps(done, indent=1)
     (a.out / "sweep.json").write_text(text)
     if a.results:
