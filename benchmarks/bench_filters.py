@@ -92,9 +92,10 @@ def filters(f: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def exact_filtered(xq: np.ndarray, xb: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
-    """Ids (positions) [nq, k] of the exact top k among xb[mask]."""
+    """Ids (positions) [nq, k] of the exact top k among xb[mask] (assumed not empty)."""
     ids = np.flatnonzero(mask)
     S = xq @ xb[ids].T  # [nq, m]
+    k = min(k, len(ids))  # fewer items than k match: all of them
     top = np.argpartition(-S, k - 1, axis=1)[:, :k]
     order = np.take_along_axis(S, top, axis=1).argsort(axis=1)[:, ::-1]
     return ids[np.take_along_axis(top, order, axis=1)]
