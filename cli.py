@@ -209,7 +209,13 @@ def train_cmd(
         overrides["model.pretrained"] = pretrained
     if option:
         overrides["dataset_options"] = parse_pairs(option, "--option")
-    cfg = load_config(config, preset, **{**overrides, **parse_pairs(set_ or [], "--set")})
+    if resume:  # what a time budget fitted when the run started stays (train/budget.py)
+        from coins.train.budget import fitted_from_run
+
+        overrides = {**fitted_from_run(out), **overrides}
+    cfg = load_config(
+        config, preset, budget=True, **{**overrides, **parse_pairs(set_ or [], "--set")}
+    )
     if nproc > 1:
         from coins.train.launch import launch_training
 

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .configs import Preprocess
 from .data import DatasetError
@@ -37,6 +36,7 @@ from .data.preprocess import EvalPreprocess
 from .gallery import Gallery, gallery_source
 from .onnx.contract import EmbedError
 from .onnx.runner import OnnxEmbedder
+from .progress import Progress
 from .shards import Verify, chunk_done, job_manifest, prepare_output, write_chunk
 
 
@@ -111,11 +111,9 @@ def embed_job(
     workers = per_process if job.workers is None else job.workers
     start, counts = time.perf_counter(), {"embedded": 0, "skipped": 0}
     total = sum(_chunk_positions(c, job.chunk_size, len(gallery)).size for c in todo)
-    bar = tqdm(
-        total=total, desc=f"embed rank {rank.rank}", unit="img", position=rank.rank,
-        disable=None if progress else True, dynamic_ncols=True,
-    )  # fmt: skip
-    chunks = _embedded_chunks(gallery, model, job, todo, workers)
+    # a bar on a terminal, else a line every 10 s (each rank its own, named)
+    bar = Progress(f"coins embed rank {rank.rank}", total, enabled=progress)
+    chunks = _embedded_chunks(gallery, model, job, todo, workers, bar.update)
     with bar, closing(chunks):  # an error or a stop (on_chunk) ends the workers too
         for chunk, vectors, rows, skipped in chunks:
             write_chunk(job.out, chunk, vectors, rows, skipped, model.sha256)
@@ -123,7 +121,6 @@ def embed_job(
                 log(f"skipped {s['path']}: {s['reason']}")
             counts["embedded"] += len(rows)
             counts["skipped"] += len(skipped)
-            bar.update(len(rows) + len(skipped))
             if on_chunk is not None:
                 on_chunk(chunk)
     seconds = time.perf_counter() - start
@@ -173,11 +170,17 @@ def _collate(
 
 
 def _embedded_chunks(
-    gallery: Gallery, model: OnnxEmbedder, job: EmbedJob, todo: Sequence[int], workers: int
+    gallery: Gallery,
+    model: OnnxEmbedder,
+    job: EmbedJob,
+    todo: Sequence[int],
+    workers: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Generator[tuple[int, np.ndarray, list[dict[str, Any]], list[dict[str, Any]]], None, None]:
     """(chunk, vectors float32 [n, D], rows [n], skipped) for each chunk of `todo`, in order.
 
-    One DataLoader over all the chunks' batches (a batch never crosses a chunk), so the
+    `on_batch(n)` is called after each batch of n positions (embedded or skipped). One
+    DataLoader over all the chunks' batches (a batch never crosses a chunk), so the
     workers keep decoding the next chunk while this one is embedded and written. The workers
     are stopped when this generator ends, fails (--strict) or is closed, not when the garbage
     collector gets to the loader: a traceback kept by the caller would keep them waiting.
@@ -196,7 +199,7 @@ def _embedded_chunks(
     )  # fmt: skip
     loaded = _started(loader)
     try:
-        yield from _chunks_of(loaded, owner, gallery, model, job.strict)
+        yield from _chunks_of(loaded, owner, gallery, model, job.strict, on_batch)
     finally:
         _stop(loaded)
 
@@ -226,7 +229,12 @@ def _stop(loaded: Iterator[Any]) -> None:
 
 
 def _chunks_of(
-    loaded: Iterator[Any], owner: list[int], gallery: Gallery, model: OnnxEmbedder, strict: bool
+    loaded: Iterator[Any],
+    owner: list[int],
+    gallery: Gallery,
+    model: OnnxEmbedder,
+    strict: bool,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]]:
     """The chunks of the loaded batches; batch b belongs to chunk owner[b]."""
     parts: list[np.ndarray] = []
@@ -241,6 +249,8 @@ def _chunks_of(
         if x is not None:
             parts.append(model.embed_arrays(x.numpy()).vectors)
             kept += positions
+        if on_batch is not None:
+            on_batch(len(positions) + len(failed))
         if b + 1 == len(owner) or owner[b + 1] != owner[b]:  # the chunk's last batch
             vectors = np.concatenate(parts) if parts else np.zeros((0, model.dim), np.float32)
             yield owner[b], vectors, [gallery.rows[i] for i in kept], skipped

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from .atomic import write_json
 from .checkpoint import load_embedder
@@ -23,6 +22,7 @@ from .data import RetrievalDataset, TransformedDataset, build_dataset, eval_tran
 from .metrics import retrieval_metrics
 from .models import Embedder, EmbedderConfig, Which
 from .presets import preset_for_data
+from .progress import Progress
 
 Metrics = dict[str, dict[str, float] | None]
 
@@ -47,8 +47,10 @@ def embed_dataset(
         num_workers=num_workers,
     )
     chunks = []
-    for images, *_ in tqdm(loader, desc="embed", disable=None if progress else True, leave=False):
-        chunks.append(model.embed(images.to(device), which).float().cpu())
+    with Progress("embed", len(dataset), enabled=progress) as report:  # a bar or 10-s lines
+        for images, *_ in loader:
+            chunks.append(model.embed(images.to(device), which).float().cpu())
+            report.update(len(images))
     model.train(was_training)
     return torch.cat(chunks).numpy()
 

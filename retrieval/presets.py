@@ -91,7 +91,8 @@ RGB_224 = Preset(
 PRETRAINED_PHOTOS = Preset(
     "pretrained-photos",
     "photos from pretrained weights (chosen by --pretrained): full-width ResNet-18, the weights' "
-    "preprocessing, a gentle fine-tune (backbone lr x0.1, BatchNorm frozen, 1 head-only epoch)",
+    "preprocessing, a gentle fine-tune (backbone lr x0.1, BatchNorm frozen, 1 head-only epoch), "
+    "input size and epochs fitted to 12 minutes of the machine it runs on",
     EmbedderConfig(preprocess=IMAGENET),  # the weights' own input size and statistics replace it
     {
         "epochs": 10,
@@ -106,6 +107,10 @@ PRETRAINED_PHOTOS = Preset(
         "freeze_bn": True,
         "head_warmup_epochs": 1,
         "augment": {"crop_scale": [0.35, 1.0]},
+        # [design] a first run answers within 12 minutes on the machine it runs on, whatever
+        # the gallery's size: input size and epochs are fitted after timing a few steps there
+        # (train/budget.py); --time-budget-min 0 trains the epochs above at the weights' size
+        "time_budget_min": 12.0,
     },
 )
 SYNTHETIC_PATCHES = Preset(
@@ -238,3 +243,50 @@ def _first_image(
     channels = 1 if mode in _GREY_MODES or mode.startswith("I;") else 3
     kind = "grey" if channels == 1 else "colour"
     return min(size), channels, f"{name} is {size[0]}x{size[1]} {kind} (mode {mode}),"
+
+
+# Sizing a recipe to the gallery it trains on ([design], issue 23): a preset is written for a
+# data set of its kind, thousands of images or more; a gallery of a few hundred would get one
+# step per epoch and a queue longer than itself.
+MIN_TRAIN_IMAGES = 16  # a batch of 4 is a quarter of them, a queue of 8 half: less cannot train
+MIN_STEPS = 300  # optimiser steps a run takes at least ([design]: the warm-up and cosine need room)
+
+
+def check_trainable(n_images: int) -> None:
+    """A ValueError naming the fix when `n_images` training images cannot train."""
+    if n_images < MIN_TRAIN_IMAGES:
+        raise ValueError(
+            f"{n_images} training images are too few to train (at least {MIN_TRAIN_IMAGES}: a "
+            "batch of 4 and a queue of 8 below them); add images (or lower --test-fraction)"
+        )
+
+
+def size_for_gallery(
+    train: Mapping[str, Any], n_images: int, fixed: set[str] | frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], list[str]]:
+    """The options `train` (batch_size, K, epochs, ...) sized for `n_images` training images,
+    and a reason for each change; keys in `fixed` (set by the user) are never changed.
+
+    The batch takes at most a quarter of the images (an epoch has four steps or more), the
+    queue K at most half of them (a queue as long as the data would hold keys of the query's
+    own image as negatives) and is a multiple of the batch, and the run takes `MIN_STEPS`
+    steps at least. Fewer than `MIN_TRAIN_IMAGES` images is a ValueError naming the fix.
+    """
+    check_trainable(n_images)
+    out, why = dict(train), []
+    batch = int(out.get("batch_size", 64))
+    most = max(n_images // 4 // 2 * 2, 4)  # a quarter, even (shuffle-BN halves the batch)
+    if batch > most and "batch_size" not in fixed:
+        out["batch_size"] = batch = most
+        why.append(f"batch {batch}: a quarter of the {n_images} training images at most")
+    K = int(out.get("K", 4096))
+    longest = max(n_images // 2 // batch * batch, batch)
+    if (longest < K or K % batch) and "K" not in fixed:
+        out["K"] = K = min(longest, max(K // batch * batch, batch))
+        why.append(f"queue K {K}: half the training images at most, a multiple of the batch")
+    steps = n_images // batch
+    epochs = int(out.get("epochs", 100))
+    if steps * epochs < MIN_STEPS and "epochs" not in fixed:
+        out["epochs"] = epochs = math.ceil(MIN_STEPS / steps)
+        why.append(f"epochs {epochs}: {steps} steps per epoch, {MIN_STEPS} steps at least")
+    return out, why

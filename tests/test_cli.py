@@ -99,9 +99,10 @@ def test_malformed_set_values_are_one_line_errors(tmp_path, pair: str, message: 
 def test_backbone_arguments_timm_refuses_are_a_clear_error(tmp_path) -> None:
     kwargs = ["--set", "model.backbone_kwargs={}", "--set", "model.backbone_kwargs.bogus=3"]
     args = ["train", "-o", str(tmp_path / "run"), *TINY_OPTIONS, "--max-steps", "1", *kwargs]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--dataset", "synthetic-patches"])
     assert result.exit_code == 2, result.output
-    assert result.output.startswith("error: model.backbone 'resnet18' with model.backbone_kwargs")
+    error = result.output.splitlines()[-1]  # after the sizing of batch and queue, said first
+    assert error.startswith("error: model.backbone 'resnet18' with model.backbone_kwargs")
     assert "bogus" in result.output and "Traceback" not in result.output
 
 
@@ -157,3 +158,11 @@ def test_help_imports_no_heavy_library(command: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_train_without_a_dataset_says_what_it_trains_on(tmp_path) -> None:
+    args = ["train", "-o", str(tmp_path / "run"), *TINY_OPTIONS, "--max-steps", "1"]
+    result = runner.invoke(app, [*args, "--set", "model.backbone_kwargs.bogus=3"])
+    said = result.output.splitlines()[0]
+    assert said.startswith("coins: no data set given (--dataset): training on synthetic-patches")
+    assert "--dataset folder --root DIR" in said and "fashion-mnist" in said

@@ -19,6 +19,7 @@ import yaml
 # torch-free: `coins train --help` builds its flags from these in a fraction of a second
 from ..retrieval.config_check import check_value, hint_at
 from ..retrieval.configs import Augment, EmbedderConfig
+from ..retrieval.data.split import check_test_fraction
 from ..retrieval.presets import (
     PRETRAINED_PRESET,
     Preset,
@@ -97,6 +98,10 @@ class TrainConfig:
     # holdout.py); with it, every evaluation during training is on `val` and the eval split is
     # evaluated once at the end, so no choice made on the evaluations sees the test split.
     val_fraction: float = 0.0  # fraction of training images held out as the val split
+    # a gallery without splits of its own (retrieval/data/split.py): seeded by `seed`
+    test_fraction: float = 0.0  # share of each class made the test split, in (0, 1); 0: none
+    split_by: str = "item"  # item: every product on both sides; fine: whole products to test
+    time_budget_min: float = 0.0  # minutes the run may take here: input size and epochs fit it
     select_by: str = "auto"  # selection score: auto (fine R@1 if val has fine labels) | view | fine
     eval_which: str = "backbone"  # backbone | head
     log_every: int = 50  # steps between JSON-lines log records
@@ -127,6 +132,9 @@ class TrainConfig:
             raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
         if self.eval_which not in ("backbone", "head"):
             raise ValueError(f"eval_which {self.eval_which!r}: expected backbone or head")
+        check_test_fraction(self.test_fraction, self.split_by)
+        if self.time_budget_min < 0:
+            raise ValueError(f"time_budget_min must be >= 0 (0: none), got {self.time_budget_min}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.eval_split == "val" and self.val_fraction == 0:
@@ -176,7 +184,11 @@ OPTIONS = "training options"  # how errors name the keys of TrainConfig
 
 
 def load_config(
-    path: str | Path | None = None, preset: str | None = None, **overrides: Any
+    path: str | Path | None = None,
+    preset: str | None = None,
+    fit: bool = True,
+    budget: bool = False,
+    **overrides: Any,
 ) -> TrainConfig:
     """A config from a preset, then a YAML file, then explicit overrides (later wins).
 
@@ -187,6 +199,9 @@ def load_config(
     order; None means not given. A mapping merges key by key into the one it overrides
     (`model={"head_dim": 64}` keeps the preset's backbone), except `{}`, which replaces it:
     `model.backbone_kwargs={}` drops the preset's timm arguments (for another backbone).
+    `fit`: size batch, K and epochs to the training split; `budget`: also fit input size and
+    epochs to `time_budget_min` minutes, timed here (`coins train` does; train/budget.py).
+    Neither changes an option the file or the overrides set.
     """
     raw = _read_options(path) if path is not None else {}
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -200,6 +215,7 @@ def load_config(
         about = get_preset(named).about
         print(f"coins: pretrained weights given: preset {named} ({about}); choose another with "
               "--preset NAME", file=sys.stderr)  # fmt: skip
+    unnamed = "dataset" not in sketch and (named is None or not get_preset(named).dataset)
     options = _preset_options(named, sketch)
     check_value("", TrainConfig, raw, options, OPTIONS)
     options = _merge(options, raw)
@@ -210,6 +226,16 @@ def load_config(
         from ..retrieval.pretrained import with_weights_config  # imports timm: not for --help
 
         options["model"] = with_weights_config(options["model"], sketch.get("model") or {})
+    if unnamed:  # once the options are known to be valid: an error is the first thing said
+        from ..retrieval.data import dataset_names
+
+        print(f"coins: no data set given (--dataset): training on {TrainConfig.dataset}, the "
+              f"built-in generated one; yours: --dataset folder --root DIR, or one of "
+              f"{', '.join(dataset_names())}", file=sys.stderr)  # fmt: skip
+    if fit:
+        from .budget import dotted_keys, fit_options
+
+        options = fit_options(options, dotted_keys(sketch), budget)
     return TrainConfig.from_dict(options)
 
 
@@ -276,20 +302,28 @@ def field_docs(cls: type = TrainConfig, prefix: str = "") -> list[FieldDoc]:
 
 
 def _field_comments(cls: type) -> dict[str, str]:
-    """{field: the comment ending its line} of a class body; comments are not in the AST, so
-    tokenize finds them by line and ast says which field each line declares."""
+    """{field: the comment ending its line, else the comment lines just above it} of a class
+    body; comments are not in the AST, so tokenize finds them by line and ast says which field
+    each line declares."""
     source = textwrap.dedent(inspect.getsource(cls))
     tokens = tokenize.generate_tokens(io.StringIO(source).readline)
     by_line = {
         t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT
     }
+    lines = source.splitlines()
     body = ast.parse(source).body[0]
     assert isinstance(body, ast.ClassDef)
-    return {
-        node.target.id: by_line.get(node.end_lineno or node.lineno, "")
-        for node in body.body
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-    }
+    comments = {}
+    for node in body.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            comment = by_line.get(node.end_lineno or node.lineno, "")
+            above = node.lineno - 1  # else the comment lines just above the field
+            while not comment and above >= 1 and lines[above - 1].lstrip().startswith("#"):
+                above -= 1
+            if not comment:
+                comment = " ".join(by_line[n] for n in range(above + 1, node.lineno))
+            comments[node.target.id] = comment
+    return comments
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from ..retrieval.atomic import write_json
 from ..retrieval.checkpoint import load_checkpoint, save_checkpoint
@@ -25,13 +24,15 @@ from ..retrieval.data import (
     RetrievalDataset,
     TransformedDataset,
     TwoViews,
-    build_dataset,
     train_transform,
 )
 from ..retrieval.data.holdout import HeldOut, holdout
 from ..retrieval.data.images import FileDataset
+from ..retrieval.data.split import build_split
 from ..retrieval.evaluate import Metrics, embed_dataset, metrics_from_embeddings
 from ..retrieval.models import Which
+from ..retrieval.presets import check_trainable
+from ..retrieval.progress import Progress, duration
 from . import distributed as dist
 from .builder import CoInsModel
 from .config import TrainConfig
@@ -87,7 +88,9 @@ def _prepare_files(data: RetrievalDataset, cfg: TrainConfig) -> None:
     """A gallery of files decodes JPEG no larger than the model needs, and is decoded into memory
     once, before the first epoch's workers start, when it fits `cfg.cache_images_mb`; then every
     epoch reads pixels as an in-memory data set does. Data sets already in memory are untouched."""
-    files = data.base if isinstance(data, HeldOut) else data
+    files = data
+    while isinstance(files, HeldOut):  # a val share of a test-fraction split: two levels
+        files = files.base
     if not isinstance(files, FileDataset):
         return
     files.min_side = cfg.model.preprocess.input_size
@@ -112,6 +115,7 @@ def _optimizer(cfg: TrainConfig, model: CoInsModel) -> torch.optim.Optimizer:
 
 def _check_sizes(cfg: TrainConfig, data: RetrievalDataset) -> int:
     """Steps per epoch; a clear error for queue and batch sizes that cannot work."""
+    check_trainable(len(data))
     _, size = dist.world()
     global_batch = cfg.batch_size * size
     if cfg.uses_queue and cfg.K % global_batch != 0:
@@ -133,10 +137,18 @@ def _check_sizes(cfg: TrainConfig, data: RetrievalDataset) -> int:
 
 def _splits(cfg: TrainConfig) -> tuple[RetrievalDataset, RetrievalDataset | None]:
     """The images training sees, and the held-out val split (None when val_fraction is 0)."""
-    full = build_dataset(cfg.dataset, "train", cfg.root, **cfg.dataset_options)
+    full = _split_of(cfg, "train")
     if cfg.val_fraction == 0:
         return full, None
     return holdout(full, cfg.val_fraction, cfg.seed)
+
+
+def _split_of(cfg: TrainConfig, split: str) -> RetrievalDataset:
+    """Split `split`: the data set's own, or cut by `test_fraction` (retrieval/data/split.py)."""
+    options = cfg.dataset_options
+    return build_split(
+        cfg.dataset, split, cfg.root, options, cfg.test_fraction, cfg.split_by, cfg.seed
+    )
 
 
 def _evaluate(
@@ -298,7 +310,7 @@ def _train(
     steps_per_epoch = _check_sizes(cfg, train_set)
     test_set = None
     if cfg.eval_split != "val":
-        test_set = build_dataset(cfg.dataset, cfg.eval_split, cfg.root, **cfg.dataset_options)
+        test_set = _split_of(cfg, cfg.eval_split)
     watched = val_set if val_set is not None else test_set  # the evaluations during training
     assert watched is not None, "eval_split val without val_fraction (TrainConfig checks)"
     method = METHODS[cfg.method]
@@ -321,9 +333,21 @@ def _train(
         write_json(out / "config.json", cfg.to_dict())
     log = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main())
     final_set = test_set if test_set is not None else watched  # the split eval.json reports
+    _, size = dist.world()
+    report = Progress(
+        "coins train", (cfg.epochs - start) * steps_per_epoch * cfg.batch_size * size,
+        enabled=progress,
+    )  # fmt: skip
+    report.note(
+        f"{len(train_set):,} training images, {cfg.epochs - start} epochs of {steps_per_epoch} "
+        f"steps (batch {cfg.batch_size * size}); evaluating on {watched.split} "
+        f"({len(watched):,} images)"
+    )
     untrained = None
     if cfg.eval_untrained and dist.is_main():
         untrained = _untrained(model, final_set, cfg, device, log, out, state is not None)
+        if untrained is not None:
+            report.note(f"untrained, on {untrained['split']}: {_recalls(untrained)}")
     M = cfg.proxy_start_epoch or cfg.epochs // 2
     record: dict[str, Any] = {}
     epoch = max(start - 1, 0)  # a finished run resumed: nothing left to train
@@ -344,7 +368,7 @@ def _train(
             steps_per_epoch,
             log,
             device,
-            progress,
+            report,
             proxy_on=model.proxies is not None and epoch >= M,
         )
         last = epoch + 1 == cfg.epochs or (cfg.max_steps and step >= cfg.max_steps)
@@ -354,10 +378,12 @@ def _train(
             record = _evaluate(model, watched, cfg, device, select=True)
             record = {"epoch": epoch + 1, "step": step, **record}
             log.write({"event": "eval", **record})
+            report.note(f"epoch {epoch + 1}, on {record['split']}: {_recalls(record)}")
             if on_eval is not None:
                 on_eval(record)
         if last:
             break
+    report.close()
     metrics: Metrics = {}
     if dist.is_main():
         _save(out / FINAL, model, opt, cfg, epoch, step, train_set)
@@ -373,6 +399,11 @@ def _train(
             result["untrained"] = {k: untrained[k] for k in ("split", "fine", "coarse")}
         write_json(out / "eval.json", result)
     return metrics
+
+
+def _recalls(record: dict[str, Any]) -> str:
+    fine, coarse = record["fine"]["recall@1"], record["coarse"]["recall@1"]
+    return f"fine R@1 {100 * fine:.1f}, coarse R@1 {100 * coarse:.1f}"
 
 
 def _untrained(
@@ -406,7 +437,7 @@ def _epoch(
     steps_per_epoch: int,
     log: MetricsLog,
     device: torch.device,
-    progress: bool,
+    report: Progress,
     proxy_on: bool,
 ) -> int:
     """One pass over the training data; returns the global step count after it."""
@@ -415,15 +446,9 @@ def _epoch(
     model.freeze_backbone(frozen, set_grad=size == 1)
     net.train()
     amp = cfg.amp and device.type == "cuda"
-    bar = tqdm(
-        _loader(data, cfg, epoch),
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        total=steps_per_epoch,
-        disable=None if progress else True,  # None: only on a terminal
-        leave=False,
-    )
+    report.set_stage(f"epoch {epoch + 1}/{cfg.epochs}")
     tic, sums, count = time.perf_counter(), {"loss": 0.0}, 0
-    for views, coarse, fine, _, index in bar:
+    for views, coarse, fine, _, index in _loader(data, cfg, epoch):
         lr = lr_at(cfg, step, steps_per_epoch)
         for i, group in enumerate(opt.param_groups):  # group 1: the backbone, if split
             group["lr"] = lr * (0.0 if frozen and i == 1 else group.get("lr_scale", 1.0))
@@ -455,7 +480,7 @@ def _epoch(
         for name, part in parts.items():
             sums[name] = sums.get(name, 0.0) + part
         rate = count * cfg.batch_size * size / (time.perf_counter() - tic)
-        bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}")
+        report.update(cfg.batch_size * size, loss=value)
         if cfg.log_every and step % cfg.log_every == 0:
             log.write(
                 {
@@ -480,6 +505,8 @@ def _epoch(
             "images_per_s": count * cfg.batch_size * size / (time.perf_counter() - tic),
         }
     )
+    seconds = time.perf_counter() - tic
+    report.mark(f"epoch {epoch + 1} done in {duration(seconds)}, mean loss {means['loss']:.4f}")
     return step
 
 

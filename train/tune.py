@@ -23,6 +23,7 @@ import optuna
 import yaml
 
 from ..retrieval.atomic import atomic_path
+from ..retrieval.progress import Progress
 from .config import TrainConfig, load_config
 from .loop import TrainingDiverged, train
 from .methods import METHODS
@@ -133,12 +134,18 @@ def tune(
         "eval_every": eval_every,
     }
     base = load_config(config, **fixed)  # checks every fixed option before the first trial
+    # a line per trial (each trial's training reports its own progress as well)
+    report = Progress("coins tune", trials, unit="trial", enabled=progress)
 
     def objective(trial: optuna.Trial) -> float:
-        cfg = load_config(config, **{**fixed, **suggest(trial, methods, epochs)})
+        options = suggest(trial, methods, epochs)
+        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in options.items())  # fmt: skip
+        report.note(f"trial {trial.number + 1}/{trials}: {shown}")
+        cfg = load_config(config, **{**fixed, **options})
         scores: list[dict[str, Any]] = []
 
-        def report(record: dict[str, Any]) -> None:
+        def score(record: dict[str, Any]) -> None:
             selection = record["selection"]
             scores.append(selection)
             trial.set_user_attr("criterion", selection["criterion"])
@@ -147,7 +154,12 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"score {selection['score']:.4f} at {record['epoch']}")
 
-        train(cfg, out / "trials" / f"{trial.number:03d}", progress=progress, on_eval=report)
+        try:
+            train(cfg, out / "trials" / f"{trial.number:03d}", progress=progress, on_eval=score)
+        finally:
+            last = f", {scores[-1]['criterion']} {scores[-1]['score']:.4f}" if scores else ""
+            report.update(1)
+            report.mark(f"trial {trial.number + 1} ended after {len(scores)} evaluations{last}")
         return float(scores[-1]["score"])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

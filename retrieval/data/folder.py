@@ -38,8 +38,9 @@ class ImageFolder(FileDataset):
         if not split_folders and split != "all":
             raise DatasetError(
                 f"{root} has no split folders {list(SPLIT_FOLDERS)}, so its only split is "
-                f"`all`, not {split!r}; for `coins train` move the class folders into "
-                f"{root / 'train'} and {root / 'test'} (training reads `train`, evaluation `test`)"
+                f"`all`, not {split!r}; for `coins train` pass --test-fraction 0.2 (a seeded "
+                f"split per class), or move the class folders into {root / 'train'} and "
+                f"{root / 'test'} (training reads `train`, evaluation `test`)"
             )
         check_split(split, split_folders or self.splits, root)
         tops = [root / s for s in split_folders] or [root]

@@ -18,7 +18,6 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from PIL import Image
-from tqdm import tqdm
 
 from coins.retrieval.data import DatasetError
 from coins.retrieval.data.images import load_image
@@ -34,6 +33,7 @@ from coins.retrieval.onnx.contract import (
     preprocess_from_metadata,
     read_metadata,
 )
+from coins.retrieval.progress import Progress
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -230,8 +230,8 @@ class OnnxEmbedder:
         if batch_size < 1:
             raise EmbedError(f"expected batch_size >= 1, got {batch_size}")
         parts, failed = [], []
-        starts = range(0, n, batch_size)
-        for start in tqdm(starts, desc="embed", disable=None if progress else True, leave=False):
+        report = Progress("embed", n, enabled=progress)  # a bar, or a line every 10 s
+        for start in range(0, n, batch_size):
             batch, rows = [], []
             for i in range(start, min(start + batch_size, n)):
                 try:
@@ -246,6 +246,8 @@ class OnnxEmbedder:
                 part = self.embed_arrays(np.stack(batch))
                 part.rows = np.array(rows, dtype=np.int64)
                 parts.append(part)
+            report.update(min(start + batch_size, n) - start)
+        report.close()
         return _concat(parts, self), failed
 
 

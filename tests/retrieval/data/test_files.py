@@ -204,7 +204,8 @@ def test_csv_without_a_split_column_says_what_to_add_for_training(tmp_path: Path
     with pytest.raises(
         DatasetError,
         match=r"m\.csv has no `split` column, so its only split is "
-        r"`all`, not 'train'; for `coins train` add a column `split`",
+        r"`all`, not 'train'; for `coins train` pass --test-fraction 0\.2 .* or add a column "
+        r"`split`",
     ):
         build_dataset("csv", "train", root=manifest)
 

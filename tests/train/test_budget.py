@@ -1,0 +1,141 @@
+"""A run sized to its gallery and to a time budget before it trains, saying why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coins.retrieval.data.product_photos import write_product_photos
+from coins.train import budget, train
+from coins.train.config import TrainConfig, field_docs, load_config
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 photos of 12 products of 4 shapes, 24-40 px, no split folders."""
+    out = tmp_path_factory.mktemp("products")
+    write_product_photos(out, 120, products=12, coarse=4, sizes=(24, 40), seed=5, workers=1)
+    return out
+
+
+def test_folder_with_test_fraction_is_sized_and_recorded(
+    gallery: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = load_config(dataset="folder", root=str(gallery), test_fraction=0.2, seed=1)
+    err = capsys.readouterr().err
+    assert (cfg.test_fraction, cfg.split_by, cfg.seed) == (0.2, "item", 1)
+    assert cfg.to_dict()["test_fraction"] == 0.2  # config.json is cfg.to_dict()
+    # 96 training images (2 of 10 per product to test): the rgb-32 recipe's batch 128 and K
+    # 8192 shrink to a quarter and a half of them
+    assert (cfg.batch_size, cfg.K) == (24, 48)
+    assert "96 training images: batch 24" in err and "queue K 48" in err
+
+
+def test_the_users_own_options_are_not_sized(gallery: Path) -> None:
+    cfg = load_config(
+        dataset="folder", root=str(gallery), test_fraction=0.2, batch_size=16, K=32, epochs=3
+    )
+    assert (cfg.batch_size, cfg.K, cfg.epochs) == (16, 32, 3)
+
+
+def test_too_small_a_gallery_names_the_fix(gallery: Path, tmp_path: Path) -> None:
+    cfg = load_config(dataset="folder", root=str(gallery), test_fraction=0.9)  # 12 to train
+    with pytest.raises(ValueError, match=r"12 training images are too few .* --test-fraction"):
+        train(cfg, tmp_path / "run")  # before anything is built
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_a_dataset_says_what_it_trains_on(capsys: pytest.CaptureFixture[str]) -> None:
+    load_config(fit=False)
+    err = capsys.readouterr().err
+    assert "no data set given (--dataset): training on synthetic-patches" in err
+    assert "fashion-mnist" in err  # the list of data sets
+    load_config(dataset="synthetic-patches", fit=False)
+    assert "no data set given" not in capsys.readouterr().err
+
+
+def _fake_timing(step_s: float) -> Any:
+    """`step_s` seconds a step at the timed size, nothing else costs (fit_to_budget scales the
+    step by the pixels for smaller sizes)."""
+
+    def timed(options: dict[str, Any], train: Any, size: int) -> dict[str, float]:
+        zero = {"forward_s": 0.0, "decode_s": 0.0, "augment_s": 0.0, "images_per_s": 1.0}
+        return {"step_s": step_s, **zero}
+
+    return timed
+
+
+def _options(gallery: Path, **more: Any) -> dict[str, Any]:
+    cfg = load_config(dataset="folder", root=str(gallery), test_fraction=0.2, fit=False)
+    return {**cfg.to_dict(), "batch_size": 16, "epochs": 50, **more}
+
+
+def test_budget_cuts_epochs_then_input_size(
+    gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = _options(gallery, time_budget_min=1.0)
+    options["model"]["preprocess"]["input_size"] = 224
+    train = budget._train_split(options)  # 96 images: 6 steps of 16 an epoch
+    # 0.8 s a step at 224 px: 54 s planned of 60 (MARGIN) fit 11 epochs of 4.8 s
+    monkeypatch.setattr(budget, "_time_steps", _fake_timing(0.8))
+    fitted = budget.fit_to_budget(options, train, fixed=set())
+    assert fitted["model"]["preprocess"]["input_size"] == 224 and fitted["epochs"] == 11
+    # 10 s a step at 224 px: 60 s an epoch does not fit 3 epochs; at 112 px (a quarter of the
+    # pixels) 15 s an epoch fits 3
+    monkeypatch.setattr(budget, "_time_steps", _fake_timing(10.0))
+    fitted = budget.fit_to_budget(options, train, fixed=set())
+    assert fitted["model"]["preprocess"]["input_size"] == 112 and fitted["epochs"] == 3
+    assert "time budget 1 min" in capsys.readouterr().err
+    # an input size the user set stays; the epochs shrink instead
+    fitted = budget.fit_to_budget(options, train, fixed={"model.preprocess.input_size"})
+    assert fitted["model"]["preprocess"]["input_size"] == 224 and fitted["epochs"] == 1
+    fitted = budget.fit_to_budget(options, train, fixed={"epochs"})
+    assert fitted["epochs"] == 50  # the user's epochs, however long
+
+
+def test_a_budget_too_short_for_one_epoch_stops_the_run_early(
+    gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = _options(gallery, time_budget_min=1.0)
+    options["model"]["preprocess"]["input_size"] = 224
+    train = budget._train_split(options)
+    # 100 s a step at 224 px, 25 s at 112 px: 54 s hold 2 of an epoch's 6 steps
+    monkeypatch.setattr(budget, "_time_steps", _fake_timing(100.0))
+    fitted = budget.fit_to_budget(options, train, fixed=set())
+    assert fitted["model"]["preprocess"]["input_size"] == 112
+    assert (fitted["epochs"], fitted["max_steps"]) == (1, 2)
+    err = capsys.readouterr().err
+    assert "cut to 2 of their 6 steps (max_steps)" in err and "the run stops early" in err
+
+
+def test_the_timing_runs_here(gallery: Path) -> None:
+    options = _options(gallery, time_budget_min=5.0)
+    timing = budget._time_steps(options, budget._train_split(options), 32)
+    assert set(timing) == {"step_s", "forward_s", "decode_s", "augment_s", "images_per_s"}
+    assert timing["step_s"] > 0 and timing["forward_s"] > 0 and timing["decode_s"] > 0
+
+
+def test_resume_keeps_what_was_fitted(tmp_path: Path) -> None:
+    assert budget.fitted_from_run(tmp_path) == {}
+    cfg = TrainConfig(time_budget_min=12.0, epochs=4, batch_size=32, K=512)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    assert budget.fitted_from_run(tmp_path) == {
+        "epochs": 4,
+        "batch_size": 32,
+        "K": 512,
+        "max_steps": 0,
+        "model.preprocess.input_size": 32,
+    }
+
+
+def test_every_training_option_is_explained() -> None:
+    """Every flag of `coins train` has help: the comment on the field's line, or the comment
+    lines just above it."""
+    docs = {d.key: d.comment for d in field_docs()}
+    assert not [key for key, comment in docs.items() if not comment]
+    assert docs["alpha_schedule"].startswith("constant, or cosine")
+    assert "shared: L_cos classifies q" in docs["classifier_head"]
+    assert "Kendall" in docs["loss_weighting"]

@@ -1,0 +1,257 @@
+"""Sizing a run to its gallery and to a time budget, before anything is trained.
+
+Two steps, each printed with its reason (stderr), each leaving alone what the user set:
+
+1. `size_for_gallery` (retrieval/presets.py): batch, queue K and epochs follow the number of
+   training images (a preset is written for thousands of images; a gallery of a hundred would
+   get one step per epoch and a queue longer than itself).
+2. With `time_budget_min` > 0 (`coins train`, `load_config(budget=True)`), a few training
+   steps and evaluation batches are timed on this machine, at the model's input size, and the
+   run is fitted into the budget: the input size
+   steps down (224, 192, 160, 128, 112) while fewer than `MIN_FIT_EPOCHS` training epochs would
+   fit, then the epochs are as many as fit (at most the recipe's). The estimate counts the
+   training steps, their augmentation, decoding the gallery once and the evaluations (the
+   untrained one, the final one with its selection score, and any `eval_every`).
+
+A resumed run keeps what was fitted when it started (`fitted_from_run`): a new timing would
+give other epochs, and a run must not change under `--resume`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..retrieval.data.split import build_split
+from ..retrieval.presets import MIN_TRAIN_IMAGES, size_for_gallery
+
+SIZES = (224, 192, 160, 128, 112)  # input sizes the budget may step down to, largest first
+MIN_FIT_EPOCHS = 3  # training epochs below which a smaller input size is tried
+EVAL_PASSES = 5  # forward passes over the eval split: untrained, final, two selection views, test
+MARGIN = 0.9  # the share of the budget planned: start-up, checkpoints and a busy machine
+FITTED_KEYS = ("epochs", "batch_size", "K", "max_steps", "model.preprocess.input_size")
+
+
+def say(line: str) -> None:
+    print(f"coins: {line}", file=sys.stderr, flush=True)
+
+
+def fit_options(options: dict[str, Any], fixed: set[str], budget: bool = True) -> dict[str, Any]:
+    """`options` (resolved training options) sized to the training split and, if `budget`
+    and `time_budget_min` > 0, to the time budget; `fixed`: the dotted keys the user set."""
+    try:
+        train = _train_split(options)
+    except (OSError, ValueError):  # the run itself reports a missing data set, a bad split
+        return options
+    if len(train) < MIN_TRAIN_IMAGES:  # the run refuses it, naming the fix (check_trainable)
+        return options
+    sized, why = size_for_gallery(options, len(train), fixed)
+    if why:
+        say(f"{len(train)} training images: " + "; ".join(why))
+    if budget and float(sized.get("time_budget_min", 0) or 0) > 0:
+        sized = fit_to_budget(sized, train, fixed)
+    return sized
+
+
+def _train_split(options: dict[str, Any]) -> Any:
+    return build_split(
+        options.get("dataset", "synthetic-patches"),
+        "train",
+        options.get("root"),
+        options.get("dataset_options") or {},
+        float(options.get("test_fraction", 0.0) or 0.0),
+        options.get("split_by", "item"),
+        int(options.get("seed", 0)),
+    )
+
+
+def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[str, Any]:
+    """The input size and epochs that fit `time_budget_min` minutes on this machine."""
+    from ..retrieval.data.images import FileDataset
+
+    start = time.perf_counter()
+    budget_s = float(options["time_budget_min"]) * 60 * MARGIN
+    n = len(train)
+    n_eval = _eval_images(options, n)
+    size = int(options["model"]["preprocess"]["input_size"])
+    timing = _time_steps(options, train, size)
+    sizes = [size]
+    if "model.preprocess.input_size" not in fixed and "model.preprocess" not in fixed:
+        sizes += [s for s in SIZES if s < size]
+    files = train.base if hasattr(train, "base") else train
+    decode_s = timing["decode_s"] * (n + n_eval) if isinstance(files, FileDataset) else 0.0
+    chosen, epochs, epoch_s, eval_s = size, 0, 0.0, 0.0
+    for s in sizes:
+        scale = (s / size) ** 2  # a convolution's cost follows the pixels
+        steps = n // int(options["batch_size"])
+        epoch_s = steps * timing["step_s"] * scale + n * timing["augment_s"] * scale
+        evals = EVAL_PASSES + _extra_evals(options)
+        eval_s = evals * n_eval * timing["forward_s"] * scale
+        left = budget_s - (time.perf_counter() - start) - decode_s - eval_s
+        epochs = max(int(left // epoch_s), 0)
+        chosen = s
+        if epochs >= MIN_FIT_EPOCHS + int(options.get("head_warmup_epochs", 0) or 0):
+            break
+    out = json.loads(json.dumps(options))  # a deep copy of plain data
+    out["model"]["preprocess"]["input_size"] = chosen
+    most = int(options.get("epochs", 100))
+    least = 1 + int(options.get("head_warmup_epochs", 0) or 0)  # the backbone trains in one
+    fitted = min(most, max(epochs, least))
+    if "epochs" not in fixed:
+        out["epochs"] = fitted
+    steps = n // int(options["batch_size"])
+    step_s = max(epoch_s / max(steps, 1), 1e-9)
+    cut = ""
+    if epochs < least and "epochs" not in fixed and not options.get("max_steps"):
+        # not even the shortest run fits: it stops after the steps that do (max_steps), so
+        # the run ends in time, with the learning-rate schedule laid over the full epochs
+        left = budget_s - (time.perf_counter() - start) - decode_s - eval_s
+        out["max_steps"] = max(int(left // step_s), 1)
+        fitted_s = out["max_steps"] * step_s
+        cut = f", cut to {out['max_steps']} of their {fitted * steps} steps (max_steps)"
+    else:
+        fitted_s = out["epochs"] * epoch_s
+    planned = (fitted_s + eval_s + decode_s) / 60
+    say(
+        f"time budget {options['time_budget_min']:g} min on this machine (timed here: "
+        f"{timing['images_per_s']:.1f} training images/s at {size} px): input {chosen} px"
+        f"{' (yours)' if chosen == size and len(sizes) == 1 else ''}, "
+        f"{out['epochs']} epoch{'s' * (out['epochs'] != 1)} of {n} images{cut} "
+        f"({epoch_s:.0f} s an epoch), evaluations {eval_s:.0f} s, decoding {decode_s:.0f} s: "
+        f"about {planned:.1f} min planned"
+        + (f" (the recipe's {most} epochs fit)" if fitted == most else "")
+    )
+    if cut:
+        say(
+            f"warning: not even {least} epoch{'s' * (least > 1)} fit{'s' * (least == 1)} the "
+            "budget at the smallest input size on this machine now; the run stops early. "
+            "Raise --time-budget-min (0: no budget), or train on a faster machine"
+        )
+    return out
+
+
+def _eval_images(options: dict[str, Any], n_train: int) -> int:
+    """Images of the split evaluated during training (test, or a val share of train)."""
+    val = float(options.get("val_fraction", 0) or 0)
+    if val > 0:
+        return round(val * n_train)
+    test_fraction = float(options.get("test_fraction", 0) or 0)
+    if test_fraction > 0:
+        return round(n_train * test_fraction / (1 - test_fraction))
+    try:
+        return len(
+            build_split(
+                options.get("dataset", "synthetic-patches"),
+                options.get("eval_split", "test"),
+                options.get("root"),
+                options.get("dataset_options") or {},
+            )
+        )
+    except (OSError, ValueError):
+        return n_train // 4
+
+
+def _extra_evals(options: dict[str, Any]) -> int:
+    every = int(options.get("eval_every", 0) or 0)
+    return 3 * (int(options.get("epochs", 1)) // every) if every else 0
+
+
+def _time_steps(options: dict[str, Any], train: Any, size: int) -> dict[str, float]:
+    """Seconds per training step (forward and backward of a batch), per augmented image, per
+    evaluated image and per decoded file, measured here at input `size`."""
+    import numpy as np
+    import torch
+
+    from ..retrieval.data import train_transform
+    from ..retrieval.data.images import FileDataset
+    from .builder import CoInsModel
+    from .config import TrainConfig
+
+    plain = json.loads(json.dumps(options))
+    plain["model"]["pretrained"] = None  # the timing needs the architecture, not the weights
+    plain["model"]["weights"] = None
+    plain["time_budget_min"] = 0.0
+    cfg = TrainConfig.from_dict(plain)
+    B = cfg.batch_size
+    torch.manual_seed(0)
+    model = CoInsModel(cfg, len(train.coarse_classes), np.asarray(train.coarse_labels))
+    model.train()
+    C = cfg.model.preprocess.in_chans
+    x = torch.randn(B, C, size, size)
+    labels = torch.as_tensor(np.asarray(train.coarse_labels)[:B] % len(train.coarse_classes))
+    fine = torch.zeros(B, dtype=torch.int64)
+    index = torch.arange(B)
+
+    def step() -> None:
+        loss, _ = model(
+            x, x.clone() if cfg.uses_queue else None, labels, fine, index,
+            torch.Generator().manual_seed(0), instance_on=True, cos_scale=1.0, proxy_on=False,
+        )  # fmt: skip
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+
+    step()  # the first step allocates
+    tic = time.perf_counter()
+    step()
+    step()
+    step_s = (time.perf_counter() - tic) / 2
+    model.eval()
+    with torch.no_grad():
+        tic = time.perf_counter()
+        model.encoder_q.embed(x)
+        forward_s = (time.perf_counter() - tic) / B
+    files = train.base if hasattr(train, "base") else train
+    tic = time.perf_counter()
+    images = [train.image(i) for i in range(min(8, len(train)))]  # decoded from the files
+    decode_s = (time.perf_counter() - tic) / len(images) if isinstance(files, FileDataset) else 0.0
+    pre = dataclasses.replace(cfg.model.preprocess, input_size=size)
+    augment = train_transform(pre, cfg.augment)
+    tic = time.perf_counter()
+    for img in images:
+        augment(img)
+        augment(img)  # two views
+    augment_s = (time.perf_counter() - tic) / len(images)
+    return {
+        "step_s": step_s,
+        "forward_s": forward_s,
+        "decode_s": decode_s,
+        "augment_s": augment_s,
+        "images_per_s": B / (step_s + B * augment_s),
+    }
+
+
+def fitted_from_run(out: str | Path) -> dict[str, Any]:
+    """The fitted options (FITTED_KEYS, dotted) of the run in `out` (its config.json), to keep
+    them on `--resume`; empty without one or when that run had no budget."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    if not float(saved.get("time_budget_min", 0) or 0):
+        return {}
+    found: dict[str, Any] = {}
+    for key in FITTED_KEYS:
+        node: Any = saved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found[key] = node
+    return found
+
+
+def dotted_keys(d: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every key of nested `d` dotted, the mappings' own keys included (`model`,
+    `model.preprocess`, `model.preprocess.input_size`)."""
+    keys: set[str] = set()
+    for key, value in d.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+__all__ = ["dotted_keys", "fit_options", "fit_to_budget", "fitted_from_run"]
