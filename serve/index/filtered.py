@@ -79,14 +79,19 @@ def search_allowed(
     k: int,
     allowed: np.ndarray,
     vectors: Callable[[np.ndarray], np.ndarray],
+    held: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """D, I [nq, k] of the k nearest among `allowed` (int64, ascending, unique, all held by
-    the index); `vectors(ids)` reconstructs stored vectors [n, D] for the exact strategy."""
+    """D, I [nq, k] of the k nearest among `allowed` (int64, ascending, unique);
+    `vectors(ids)` reconstructs stored vectors [n, D] for the exact strategy, and `held(ids)`
+    keeps the ids the index holds, when `allowed` may name others (only the exact strategy
+    needs that: a selector just never meets them)."""
     nq = len(xq)
     if allowed.size == 0:
         return empty_result(nq, k)
     p = plan(index, len(allowed))
     if p.strategy == "exact":
+        if held is not None:
+            allowed = held(allowed)
         return exact_search(xq, k, allowed, vectors(allowed))
     sel, keep = id_selector(allowed)
     if p.nprobe is not None:

@@ -291,12 +291,11 @@ class SearchIndex:
         given = None
         if allowed_ids is not None:
             given = np.unique(np.asarray(allowed_ids, dtype=np.int64).ravel())
-        if filter is not None:
-            chosen = self.select(filter)
-            allowed = chosen if given is None else np.intersect1d(chosen, given)
-        else:
+        if filter is None:  # ids from the caller: any, the index may not hold them all
             assert given is not None
-            allowed = self._held(given)
+            return search_allowed(self.index, xq, k, given, self._vectors, self._held)
+        chosen = self.select(filter)  # held ids, all of them
+        allowed = chosen if given is None else np.intersect1d(chosen, given, assume_unique=True)
         return search_allowed(self.index, xq, k, allowed, self._vectors)
 
     def select(self, filter: Filter | dict[str, Any] | str | None) -> np.ndarray:

@@ -350,3 +350,10 @@ def test_the_pydantic_model_alone_refuses_deep_filters() -> None:
         f = {"should": [f]}
     with pytest.raises(ValidationError, match=f"deeper than {MAX_DEPTH}"):
         Filter.model_validate(f)
+
+
+def test_allowed_ids_the_index_does_not_hold_are_ignored(indexes, data) -> None:
+    xq = data[1][:2]
+    for name in ("flat", "ivf", "hnsw"):
+        _D, I = indexes[name].search(xq, 3, allowed_ids=np.array([5, 10**15, 7]))
+        assert sorted(I[0].tolist()) == [-1, 5, 7], name
