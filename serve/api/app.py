@@ -52,6 +52,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         initializer=set_faiss_threads,
         initargs=(settings.faiss_threads,),
     )
+    # FAISS's OpenMP thread count is per calling thread: the loop's own, for the searches
+    # answered there without the hop to the pool (inline_search_ms), as the pool's
+    set_faiss_threads(settings.faiss_threads)
     loading = asyncio.create_task(asyncio.to_thread(load_all, app))
     if getattr(app.state, "freeze_gc", False):
         # what is loaded lives as long as the process: the collector's full passes, which
