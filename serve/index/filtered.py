@@ -12,7 +12,7 @@
 - *exact*: the allowed vectors are reconstructed and compared with every query (`faiss.knn`).
   When few items are allowed, this reads fewer vectors than the selector search visits (which,
   at 0.1 % of an IVF, would scan every list), and it is exact: the k results come back at any
-  selectivity.
+  selectivity. Never past EXACT_MAX ids (the copy of their vectors).
 
 The selector is an `IDSelectorBitmap` when the allowed ids are small non-negative numbers (a
 bitmap of ids up to max(id) no bigger than the id array itself, or 1 MiB), else an
@@ -40,6 +40,7 @@ _faiss: Any = faiss  # the bundled faiss stubs lack SearchParameters* keywords
 BITMAP_MIN_BYTES = 2**20  # a bitmap this small is always fine
 HNSW_EXACT_FRACTION = 0.05  # HNSW: exact below this fraction allowed (graph search degrades)
 EXACT_MIN = 2048  # always exact up to this many allowed ids
+EXACT_MAX = 65_536  # never exact past this many: their vectors are copied (32 MiB at d = 128)
 MARGIN = 2.0  # filtered searches visit this many times more than ntotal / allowed
 
 
@@ -60,17 +61,19 @@ def plan(index: faiss.Index, allowed: int) -> Plan:
     if ivf is not None:
         nprobe = min(int(ivf.nlist), math.ceil(ivf.nprobe * scale))
         visited = ntotal * nprobe / int(ivf.nlist)
-        if allowed <= max(EXACT_MIN, visited):
+        if allowed <= max(EXACT_MIN, min(EXACT_MAX, visited)):
             return Plan("exact")
         return Plan("selector", nprobe=nprobe)
     hnsw = hnsw_of(index)
     if hnsw is not None:
-        if allowed <= max(EXACT_MIN, HNSW_EXACT_FRACTION * ntotal):
+        if allowed <= max(EXACT_MIN, min(EXACT_MAX, HNSW_EXACT_FRACTION * ntotal)):
             return Plan("exact")
         ef = min(HNSW_EF_MAX, math.ceil(hnsw.hnsw.efSearch * scale))
         return Plan("selector", ef_search=max(ef, hnsw.hnsw.efSearch))
-    # flat codes: the selector scans every code, the exact search only the allowed ones
-    return Plan("exact" if allowed <= max(EXACT_MIN, ntotal // 2) else "selector")
+    # flat codes: the selector scans every code, the exact search copies the allowed ones out
+    # first (a lookup and a copy each), so it wins only well below ntotal
+    exact = allowed <= max(EXACT_MIN, min(EXACT_MAX, ntotal // 8))
+    return Plan("exact" if exact else "selector")
 
 
 def search_allowed(
