@@ -148,7 +148,8 @@ class TrainConfig:
         if not 0 <= self.head_warmup_epochs < max(self.epochs, 1):
             raise ValueError(
                 f"head_warmup_epochs must be in [0, epochs={self.epochs}), got "
-                f"{self.head_warmup_epochs}: the backbone would never train"
+                f"{self.head_warmup_epochs}: the backbone would never train; lower it "
+                "(--head-warmup-epochs 0) or raise --epochs"
             )
 
     @property
