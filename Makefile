@@ -46,7 +46,10 @@ demo-query: $(VENV)/.installed
 	set -e; \
 	$(VENV)/bin/coins query $$url --recall --wait 120; \
 	echo "Recall@K through the API with the test images sent as PNG files, gated by coarse class:"; \
-	$(VENV)/bin/coins query $$url --recall --dataset synthetic-patches --split test --gate coarse
+	$(VENV)/bin/coins query $$url --recall --dataset synthetic-patches --split test --gate coarse; \
+	echo "By image: a test image written to a PNG file, its predicted coarse class and the gate:"; \
+	$(PY) -c 'from coins.retrieval.data import build_dataset as b; b("synthetic-patches", "test").image(0).save("$(DEMO_DIR)/query.png")'; \
+	$(VENV)/bin/coins query $$url --image $(DEMO_DIR)/query.png -k 5 --gate coarse
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -539,6 +539,12 @@ def query_cmd(
     id_: list[int] | None = typer.Option(None, "--id", help="Query by stored id, repeatable."),
     k: int = K,
     gate: str = typer.Option("none", help="none, or coarse: search the predicted class."),
+    gate_min_prob: float | None = typer.Option(
+        None, help="With --gate coarse: gate only above this probability (server default)."
+    ),
+    filter_: str | None = typer.Option(
+        None, "--filter", help='JSON filter: {"must": [{"key": "brand", "match": {...}}]}.'
+    ),
     recall: bool = typer.Option(False, help="Recall@1/2/4/8 through the API instead."),
     dataset: str | None = typer.Option(None, help="With --recall: send its images."),
     split: str = typer.Option("test", help="Split of --dataset."),
@@ -554,6 +560,7 @@ def query_cmd(
     metrics, results = query_server(
         url, images=image or [], ids=id_ or [], k=k, gate=gate, recall=recall, dataset=dataset,
         split=split, root=root, dataset_options=_options(option), limit=limit, wait=wait,
+        filter=filter_, gate_min_prob=gate_min_prob,
     )  # fmt: skip
     if json_out:
         typer.echo(json.dumps({"metrics": metrics, "results": results}, indent=1))

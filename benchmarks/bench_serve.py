@@ -169,9 +169,12 @@ def query_images(dataset: str | None, split: str, n: int, size: int) -> list[byt
     ]
 
 
+GATE_MIN_PROBS = (0.0, 0.3, 0.5, 0.7, 0.9)  # gate_min_prob thresholds of the top-1 gate
+
+
 def gate_effect(url: str, dataset: str, split: str, limit: int) -> list[dict[str, Any]]:
-    """Fine Recall@1/8 and time per image through the API, without and with gate=coarse
-    (top-1 and top-2 predicted classes)."""
+    """Fine Recall@1/8, the fraction gated and time per image through the API, without and
+    with gate=coarse (top-1 at each of GATE_MIN_PROBS, top-2 always gated)."""
     from coins.retrieval.data import build_dataset
     from coins.serve.client.http import SearchClient
     from coins.serve.client.recall import recall_by_images
@@ -179,19 +182,16 @@ def gate_effect(url: str, dataset: str, split: str, limit: int) -> list[dict[str
     data = build_dataset(dataset, split)
     rows = []
     with SearchClient(url) as client:
-        for gate, top in (("none", 1), ("coarse", 1), ("coarse", 2)):
+        cases = [("none", 1, 0.0), *(("coarse", 1, p) for p in GATE_MIN_PROBS)]
+        for gate, top, min_prob in [*cases, ("coarse", 2, 0.0)]:
             t0 = time.perf_counter()
             metrics, _ = recall_by_images(
-                client, data, ks=(1, 8), limit=limit, gate=gate, gate_top=top, batch=32
-            )
+                client, data, ks=(1, 8), limit=limit, gate=gate, gate_top=top, batch=32,
+                gate_min_prob=min_prob,
+            )  # fmt: skip
             ms = 1000 * (time.perf_counter() - t0) / max(1, metrics["queries"])
-            rows.append(
-                {
-                    "gate": gate if gate == "none" else f"coarse top-{top}",
-                    **metrics,
-                    "ms_per_image": ms,
-                }
-            )
+            name = "none" if gate == "none" else f"coarse top-{top}, min_prob {min_prob}"
+            rows.append({"gate": name, "gated": 0.0, **metrics, "ms_per_image": ms})
     return rows
 
 
@@ -255,7 +255,8 @@ def run_all(args: argparse.Namespace, url: str) -> int:
         if args.dataset is None:
             raise SystemExit("--gate-eval needs --dataset (the indexed data set, for its labels)")
         out["gate"] = gate_effect(url, args.dataset, args.split, args.gate_eval)
-        print_table(out["gate"], ["gate", "recall@1", "recall@8", "queries", "ms_per_image"])
+        keys = ["gate", "gated", "recall@1", "recall@8", "queries", "ms_per_image"]
+        print_table(out["gate"], keys)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     errors = sum(r["errors"] for r in results)

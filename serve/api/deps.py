@@ -98,12 +98,21 @@ def manifest_dict(manifest: Any) -> dict[str, Any]:
 def summarize(state: ServiceState, settings: ServeSettings) -> IndexSummary:
     """The manifest of the served index, its size, and the model it was built with."""
     embedder, index = loaded(state)
+    manifest = manifest_dict(index.manifest)
+    fields = manifest.get("fields")
+    classes = manifest.get("classes") or {}
     return IndexSummary(
         ntotal=index.ntotal,
         dim=index.dim,
         model_sha256=embedder.sha256,
         coarse_classes=embedder.coarse_classes,
+        fields=None if fields is None else {str(k): str(v) for k, v in fields.items()},
+        classes={
+            level: [str(c) for c in classes.get(level) or ()]
+            for level in ("coarse", "fine")
+            if classes.get(level)
+        },
         report_url="/report/" if settings.report_dir is not None else None,
         loaded_at=state.loaded_at,
-        manifest=manifest_dict(index.manifest),
+        manifest=manifest,
     )

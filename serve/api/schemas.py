@@ -9,6 +9,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from coins.serve.index.filters import Filter
+
+__all__ = ["Filter"]  # the one filter format (serve/index/filters.py), used in request bodies
+
 MAX_K = 1000  # the hard ceiling; a server may set a lower one (ServeSettings.max_k)
 MAX_BATCH = 100_000  # schema ceiling on vectors/ids; the server's own limit is lower
 
@@ -18,16 +22,6 @@ ItemId = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 # a class name as stored in the index, or a number: the class's position in the index's list;
 # strict: a JSON float (2.5, 1e10) is refused, not truncated into some class number
 Label = str | Annotated[int, Field(strict=True)]
-
-
-class Filter(BaseModel):
-    """Search only among items matching every given field (applied inside the FAISS search)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    coarse: list[Label] | None = Field(default=None, description="Coarse labels to keep.")
-    fine: list[Label] | None = Field(default=None, description="Fine labels to keep.")
-    ids: list[ItemId] | None = Field(default=None, description="Item ids to keep.")
 
 
 def _exactly_one_given(**kinds: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +65,15 @@ class SearchRequest(BaseModel):
     )
     ids: list[ItemId] | None = Field(default=None, max_length=MAX_BATCH)
     k: int = Field(default=10, ge=1, le=MAX_K)
-    filter: Filter | None = None
+    filter: Filter | None = Field(
+        default=None,
+        description="Search only among the items it keeps (inside the FAISS search): "
+        '{"must": [...], "should": [...], "must_not": [...]} of conditions '
+        '{"key": FIELD, "match": {"value": V}} or {"match": {"any": [...]}}, '
+        '{"key": FIELD, "range": {"gte": A, "lt": B}}, {"has_id": [ids]}, or a nested filter '
+        "(at most 4 levels, 1,024 conditions). FIELD: a field of the index (/v1/index "
+        "`fields`), coarse, fine or id. A filter keeping no item gives no neighbours.",
+    )
     with_metadata: bool = True
 
     @model_validator(mode="after")
@@ -90,7 +92,10 @@ class ItemMetadata(BaseModel):
     path: str | None = None
     coarse: str | None = None
     fine: str | None = None
-    extra: dict[str, Any] = Field(default_factory=dict, description="The other manifest columns.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The item's fields, typed as the index's schema says (/v1/index `fields`).",
+    )
 
 
 class Neighbor(BaseModel):
@@ -106,14 +111,29 @@ class CoarseGuess(BaseModel):
     probability: float
 
 
+class GateReport(BaseModel):
+    """What gate=coarse did with one image query."""
+
+    applied: bool = Field(description="Whether the search was restricted to `gated_to`.")
+    label: str = Field(description="The predicted coarse class (the most probable).")
+    probability: float = Field(description="Its probability.")
+    searched_probability: float = Field(
+        description="Probability of the gate_top classes together: the gate applies when it "
+        "is at least min_prob."
+    )
+    min_prob: float = Field(description="The threshold used (gate_min_prob).")
+    message: str = Field(description="The decision in words.")
+
+
 class QueryResult(BaseModel):
     neighbors: list[Neighbor]
     coarse: list[CoarseGuess] | None = Field(
         default=None, description="Predicted coarse classes (image queries, coarse head only)."
     )
     gated_to: list[str] | None = Field(
-        default=None, description="Coarse labels searched among when gate=coarse."
+        default=None, description="Coarse labels searched among when gate=coarse applied."
     )
+    gate: GateReport | None = Field(default=None, description="With gate=coarse: what it did.")
 
 
 class SearchResponse(BaseModel):
@@ -182,11 +202,25 @@ class ItemsPage(BaseModel):
     items: list[ItemMetadata]
 
 
+class RandomItems(BaseModel):
+    total: int = Field(description="Items in the index.")
+    items: list[ItemMetadata]
+
+
 class IndexSummary(BaseModel):
     ntotal: int
     dim: int
     model_sha256: str | None
     coarse_classes: list[str] | None
+    fields: dict[str, str] | None = Field(
+        default=None,
+        description="The items' typed fields, name -> int, float, bool, string or timestamp, "
+        "which filters take as keys (with coarse, fine and id); null: an index built before "
+        "typed fields.",
+    )
+    classes: dict[str, list[str]] = Field(
+        default_factory=dict, description="The coarse and fine class names of the index."
+    )
     report_url: str | None
     loaded_at: float | None
     manifest: dict[str, Any]

@@ -17,9 +17,17 @@ import numpy as np
 
 from coins.serve.api.errors import ApiError
 from coins.serve.api.observability import ServiceMetrics
-from coins.serve.api.schemas import CoarseGuess, Filter, ItemMetadata, Neighbor, QueryResult
+from coins.serve.api.schemas import (
+    CoarseGuess,
+    Filter,
+    GateReport,
+    ItemMetadata,
+    Neighbor,
+    QueryResult,
+)
 from coins.serve.api.settings import ServeSettings
 from coins.serve.api.state import Index, ServiceState
+from coins.serve.index.filters import FilterError
 from coins.serve.index.store import result_rows
 
 
@@ -90,54 +98,20 @@ def class_names(index: Index, level: str) -> list[str]:
     return [str(c) for c in (classes or {}).get(level) or ()]
 
 
-def class_labels(index: Index, level: str, labels: Sequence[str | int]) -> list[str]:
-    """A filter's labels as class names: a number is a position in the index's class list,
-    resolved here so that one out of range is the client's error (422), named with the range."""
-    names: list[str] | None = None
-    out = []
-    for label in labels:
-        if isinstance(label, str):
-            out.append(label)
-            continue
-        names = class_names(index, level) if names is None else names
-        if not 0 <= label < len(names):
-            raise ApiError(422, f"filter.{level}: no class number {label}; {_known(names, level)}")
-        out.append(names[label])
-    return out
-
-
-def _known(names: list[str], level: str) -> str:
-    if not names:
-        return f"this index numbers no {level} classes: give class names"
-    shown = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
-    return f"expected 0..{len(names) - 1} or a {level} class name ({shown})"
-
-
 def allowed_ids(state: ServiceState, f: Filter | None) -> np.ndarray | None:
-    """The ids a filter keeps (every given field must match), or None for no filter; 422 for a
-    class number the index does not have."""
+    """The ids (ascending) filter `f` keeps, or None for no filter; 422 naming what in it does
+    not fit the index (an unknown field, a value of the wrong type, a range on a string, a
+    class number out of range). The index keeps the ids of its last filters until it changes,
+    so the search that follows with the same filter reads them again for free."""
     if f is None:
         return None
     index = state.index
     assert index is not None
-    kept: list[np.ndarray] = []
-    if f.coarse is not None:
-        kept.append(label_ids(state, coarse=class_labels(index, "coarse", f.coarse)))
-    if f.fine is not None:
-        kept.append(label_ids(state, fine=class_labels(index, "fine", f.fine)))
-    if f.ids is not None:
-        kept.append(np.unique(np.asarray(f.ids, dtype=np.int64)))
-    if not kept:
-        return None
-    return functools.reduce(np.intersect1d, kept).astype(np.int64)
-
-
-def intersect(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return np.intersect1d(a, b).astype(np.int64)
+    try:
+        with state.lock.read():
+            return np.asarray(index.select(f), dtype=np.int64)
+    except FilterError as err:
+        raise ApiError(422, str(err)) from None
 
 
 def knn(
@@ -147,12 +121,21 @@ def knn(
     k: int,
     *,
     allowed: np.ndarray | None = None,
+    filter: Filter | None = None,
     exclude: np.ndarray | None = None,
     with_metadata: bool = True,
 ) -> list[list[Neighbor]]:
-    """Top-k neighbours of each row of `xq` [nq, D]; `exclude` [nq] drops one id per query."""
+    """Top-k neighbours of each row of `xq` [nq, D] among the `allowed` ids that `filter`
+    keeps; `exclude` [nq] drops one id per query."""
     found = neighbor_rows(
-        state, metrics, xq, k, allowed=allowed, exclude=exclude, with_metadata=with_metadata
+        state,
+        metrics,
+        xq,
+        k,
+        allowed=allowed,
+        filter=filter,
+        exclude=exclude,
+        with_metadata=with_metadata,
     )
     return [[Neighbor.model_validate(n) for n in row] for row in found]
 
@@ -164,6 +147,7 @@ def neighbor_rows(
     k: int,
     *,
     allowed: np.ndarray | None = None,
+    filter: Filter | None = None,
     exclude: np.ndarray | None = None,
     with_metadata: bool = True,
 ) -> list[list[dict[str, Any]]]:
@@ -174,10 +158,16 @@ def neighbor_rows(
     nq = len(xq)
     if allowed is not None and allowed.size == 0:
         return [[] for _ in range(nq)]
+    selected = allowed_ids(state, filter)
+    if selected is not None and selected.size == 0:
+        return [[] for _ in range(nq)]
     extra = 0 if exclude is None else 1
     kk = max(1, min(k + extra, index.ntotal))
     with metrics.time_stage("search"), state.lock.read():
-        D, I = index.search(xq, kk, allowed)  # [nq, kk] each
+        if filter is None:
+            D, I = index.search(xq, kk, allowed)  # [nq, kk] each
+        else:  # the index selects (its cached ids) and searches among them, inside FAISS
+            D, I = index.search(xq, kk, allowed, filter=filter)
     rows = result_rows(D, I, k, exclude)
     meta = _metadata(state, metrics, rows) if with_metadata else {}
     out = []
@@ -258,6 +248,30 @@ def coarse_guesses(probs: np.ndarray, names: list[str] | None, top: int) -> list
     ]
 
 
+def gate_report(guesses: list[CoarseGuess], min_prob: float) -> GateReport:
+    """Whether gate=coarse restricts a query to its predicted classes `guesses` (the gate_top
+    most probable): when they hold at least `min_prob` of the probability together."""
+    top = guesses[0]
+    together = float(sum(c.probability for c in guesses))
+    names = ", ".join(c.label for c in guesses)
+    applied = together >= min_prob
+    if applied:
+        message = f"searched coarse {names} only (p {together:.3f} >= gate_min_prob {min_prob:g})"
+    else:
+        message = (
+            f"not gated: predicted coarse {names} at p {together:.3f} < gate_min_prob "
+            f"{min_prob:g}, so every class was searched"
+        )
+    return GateReport(
+        applied=applied,
+        label=top.label,
+        probability=top.probability,
+        searched_probability=together,
+        min_prob=min_prob,
+        message=message,
+    )
+
+
 def gated_search(
     state: ServiceState,
     metrics: ServiceMetrics,
@@ -265,18 +279,35 @@ def gated_search(
     k: int,
     guesses: list[list[CoarseGuess]],
     *,
-    allowed: np.ndarray | None,
+    min_prob: float,
+    filter: Filter | None,
     with_metadata: bool,
 ) -> list[QueryResult]:
-    """Search each query only among items of its predicted coarse classes (queries grouped)."""
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for q, g in enumerate(guesses):
-        groups.setdefault(tuple(sorted(c.label for c in g)), []).append(q)
+    """Search each query only among items of its predicted coarse classes when they are
+    probable enough (`gate_report`), else among all; queries grouped by what they search."""
+    reports = [gate_report(g, min_prob) for g in guesses]
+    groups: dict[tuple[str, ...] | None, list[int]] = {}
+    for q, (g, report) in enumerate(zip(guesses, reports, strict=True)):
+        key = tuple(sorted(c.label for c in g)) if report.applied else None
+        groups.setdefault(key, []).append(q)
     results: list[QueryResult | None] = [None] * len(xq)
     for labels, queries in groups.items():
-        gate = intersect(label_ids(state, coarse=labels), allowed)
-        found = knn(state, metrics, xq[queries], k, allowed=gate, with_metadata=with_metadata)
+        gate = None if labels is None else label_ids(state, coarse=labels)
+        found = knn(
+            state,
+            metrics,
+            xq[queries],
+            k,
+            allowed=gate,
+            filter=filter,
+            with_metadata=with_metadata,
+        )
         for q, neighbors in zip(queries, found, strict=True):
-            results[q] = QueryResult(neighbors=neighbors, coarse=guesses[q], gated_to=list(labels))
+            results[q] = QueryResult(
+                neighbors=neighbors,
+                coarse=guesses[q],
+                gated_to=None if labels is None else list(labels),
+                gate=reports[q],
+            )
     assert all(r is not None for r in results)
     return [r for r in results if r is not None]

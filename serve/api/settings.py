@@ -66,6 +66,10 @@ class ServeSettings(BaseSettings):
     # connections count, idle or not, so it caps load rather than stopping a flood of sockets
     max_connections: int | None = Field(default=None, ge=1)
     max_items_add: int = Field(default=10_000, ge=1)  # items per admin add
+    # gate=coarse searches only the predicted coarse classes when they hold at least this
+    # probability together, else every class (the answer's `gate` says which); the default
+    # is measured: docs/benchmarks.md, "the coarse gate's threshold"
+    gate_min_prob: float = Field(default=0.5, ge=0, le=1)
     persist: bool = True  # log each admin add or delete (fsynced) before acknowledging it
     # the write-ahead log is folded into a new index generation, in the background, once it
     # holds this many records or bytes (`coins index compact DIR` does it offline)

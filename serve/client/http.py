@@ -118,12 +118,17 @@ class SearchClient:
         *,
         gate: str = "none",
         gate_top: int = 1,
+        gate_min_prob: float | None = None,
         filter: dict[str, Any] | None = None,
         with_metadata: bool = True,
     ) -> list[dict[str, Any]]:
-        """Neighbours of image files or encoded image bytes."""
+        """Neighbours of image files or encoded image bytes; with gate="coarse" each result's
+        `gate` says the predicted class, its probability and whether the search was gated
+        (`gate_min_prob`: the threshold, else the server's)."""
         data = {"k": str(k), "gate": gate, "gate_top": str(gate_top)}
         data["with_metadata"] = "true" if with_metadata else "false"
+        if gate_min_prob is not None:
+            data["gate_min_prob"] = repr(float(gate_min_prob))
         if filter is not None:
             data["filter"] = json.dumps(filter)
         r = self.http.post("/v1/search/image", files=_files(images), data=data)

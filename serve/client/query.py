@@ -3,7 +3,8 @@ Recall@K through it (by stored ids, or by sending a data set's images)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,25 @@ def query_server(
     dataset_options: dict[str, Any] | None = None,
     limit: int | None = None,
     wait: float = 0,
+    filter: str | Mapping[str, Any] | None = None,
+    gate_min_prob: float | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics (Recall@K with `recall`, else none) and results, each with its `query`.
 
     Exactly one of `images`, `ids` or `recall`; `recall` with a `dataset` sends that split's
     images (decoding and the model on the path), without one it queries every stored id.
-    `wait` > 0 polls the server's readiness that many seconds first.
+    `filter` (JSON text or a decoded object, the API's format) restricts image and id queries;
+    `gate_min_prob` overrides the server's threshold of `gate="coarse"`. `wait` > 0 polls the
+    server's readiness that many seconds first.
     """
     if not recall and bool(images) == bool(ids):
         raise ValueError("expected query images or ids (or recall), exactly one of them")
+    if isinstance(filter, str):
+        try:
+            filter = json.loads(filter)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--filter: not valid JSON ({e})") from None
+    options: dict[str, Any] = {} if filter is None else {"filter": filter}
     with SearchClient(url) as client:
         if wait > 0:
             client.wait_ready(wait)
@@ -45,10 +56,13 @@ def query_server(
         if recall:
             return recall_by_ids(client, limit=limit)
         if images:
-            results = client.search_images(list(images), k=k, gate=gate)
-            queries: list[dict[str, Any]] = [{"id": str(p)} for p in images]
+            results = client.search_images(
+                list(images), k=k, gate=gate, gate_min_prob=gate_min_prob, **options
+            )
+            queries: list[dict[str, Any]] = [{"image": str(p)} for p in images]
         else:
-            results, queries = client.search_ids(list(ids), k=k), [{"id": i} for i in ids]
+            results = client.search_ids(list(ids), k=k, **options)
+            queries = [{"id": i} for i in ids]
     return {}, [{"query": q, **r} for q, r in zip(queries, results, strict=True)]
 
 

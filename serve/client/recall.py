@@ -89,18 +89,24 @@ def recall_by_images(
     limit: int | None = None,
     gate: str = "none",
     gate_top: int = 1,
+    gate_min_prob: float | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Recall@K of `dataset`'s images sent as PNG files; an image that is itself indexed (same
-    id) is dropped from its own results, so an indexed split gives leave-one-out recall."""
+    id) is dropped from its own results, so an indexed split gives leave-one-out recall. With
+    gate="coarse", `gated` is the fraction of queries the gate restricted."""
     names = dataset.fine_classes if level == "fine" else dataset.coarse_classes
     labels = dataset.fine_labels if level == "fine" else dataset.coarse_labels
     n = len(dataset) if limit is None else min(limit, len(dataset))
     hits: list[list[bool]] = []
     shown: list[dict[str, Any]] = []
+    gated = 0
     for part in _batches(list(range(n)), batch):
         images = [png_bytes(dataset.image(i)) for i in part]
-        results = client.search_images(images, k=max(ks) + 1, gate=gate, gate_top=gate_top)
+        results = client.search_images(
+            images, k=max(ks) + 1, gate=gate, gate_top=gate_top, gate_min_prob=gate_min_prob
+        )
         for i, result in zip(part, results, strict=True):
+            gated += bool((result.get("gate") or {}).get("applied"))
             label = None if labels is None or labels[i] < 0 or names is None else names[labels[i]]
             if label is None:
                 continue
@@ -108,17 +114,31 @@ def recall_by_images(
             hits.append(_hits(label, others[: max(ks)], ks, level))
             if len(shown) < 3:
                 coarse = dataset.coarse_classes[int(dataset.coarse_labels[i])]
-                query = {"id": int(dataset.ids[i]), "coarse": coarse, level: label}
+                query = {
+                    "image": f"{i} of the data set, sent as PNG",
+                    "id": int(dataset.ids[i]),
+                    "coarse": coarse,
+                    level: label,
+                }
                 shown.append({"query": query, **result, "neighbors": others})
-    return _recall(hits, ks) | {"queries": float(len(hits))}, shown
+    metrics = _recall(hits, ks) | {"queries": float(len(hits))}
+    if gate == "coarse":
+        metrics["gated"] = gated / max(1, n)
+    return metrics, shown
 
 
 def format_results(shown: list[dict[str, Any]], top: int = 5) -> str:
-    """A few queries and their first neighbours, one line each; * where the fine label matches."""
+    """A few queries and their first neighbours, one line each; * where the fine label matches.
+    An image query says its predicted coarse class and what the gate did."""
     lines = []
     for result in shown:
         q = result["query"]
-        lines.append(f"query id {q.get('id')} (coarse {q.get('coarse')}, fine {q.get('fine')}):")
+        labels = f"(coarse {q.get('coarse')}, fine {q.get('fine')})"
+        if "image" in q:
+            lines.append(f"query image {q['image']}" + (f" {labels}:" if "fine" in q else ":"))
+        else:
+            lines.append(f"query id {q.get('id')} {labels}:")
+        lines += _predicted(result)
         for rank, nb in enumerate(result["neighbors"][:top], start=1):
             meta = nb.get("metadata") or {}
             mark = "*" if q.get("fine") is not None and meta.get("fine") == q.get("fine") else " "
@@ -127,3 +147,16 @@ def format_results(shown: list[dict[str, Any]], top: int = 5) -> str:
                 f"coarse {meta.get('coarse')} fine {meta.get('fine')}"
             )
     return "\n".join(lines)
+
+
+def _predicted(result: dict[str, Any]) -> list[str]:
+    """The predicted coarse class of an image query, and the gate's decision, as lines."""
+    gate, coarse = result.get("gate"), result.get("coarse")
+    if gate:
+        return [
+            f"  predicted coarse {gate['label']} (p {gate['probability']:.3f}); {gate['message']}"
+        ]
+    if coarse:
+        guesses = ", ".join(f"{c['label']} (p {c['probability']:.3f})" for c in coarse)
+        return [f"  predicted coarse {guesses}"]
+    return []

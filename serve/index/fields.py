@@ -158,9 +158,15 @@ def convert(value: Any, kind: FieldType, parse: bool = False) -> Any:
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        try:
+            x = float(value)  # an int past 1e308 overflows
+        except OverflowError:
+            raise FieldError(
+                f"expected a finite float, got an integer of {len(str(value))} digits"
+            ) from None
+        if not math.isfinite(x):
             raise FieldError(f"expected a finite float, got {value!r}")
-        return float(value)
+        return x
     if kind == "bool" and isinstance(value, bool):
         return value
     if kind == "string" and isinstance(value, str):

@@ -266,12 +266,14 @@ class _Compiler:
         if kind == "id":
             if isinstance(v, bool) or not isinstance(v, int):
                 raise FilterError(f"filter: id expects integers, got {v!r}")
-            return v
+            return _int64(key, v)
         try:
             out = convert(v, _field_type(kind))
         except FieldError as e:
             raise FilterError(f"filter: field {key!r} ({kind}): {e}") from None
-        return int(out) if isinstance(out, bool) else out  # JSON true reads back as 1
+        if isinstance(out, bool):
+            return int(out)  # JSON true reads back as 1
+        return _int64(key, out) if isinstance(out, int) else out
 
     def range(self, key: str, column: str, kind: str, r: Range) -> Where:
         if kind not in ("int", "float", "timestamp", "id"):
@@ -289,6 +291,13 @@ class _Compiler:
                 bound = self.value(key, kind, bound)  # a float bound on ints compares as is
             parts.append(Where(f"{column} {op} ?", [bound]))
         return _join(parts, " AND ")
+
+
+def _int64(key: str, v: int) -> int:
+    """`v` when SQLite can bind it (a 64-bit integer); past that, no stored value equals it."""
+    if not -(2**63) <= v < 2**63:
+        raise FilterError(f"filter: {key!r}: {v} is outside the 64-bit integers stored")
+    return v
 
 
 def _field_type(kind: str) -> FieldType:

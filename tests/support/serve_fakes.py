@@ -16,6 +16,9 @@ from PIL import Image
 
 from coins.retrieval.data import Preprocess
 from coins.serve.api.settings import ServeSettings
+from coins.serve.index.fields import Schema, infer_schema
+from coins.serve.index.filters import Filter, FilterError, compile_filter, parse_filter
+from coins.serve.index.metadata import MetadataStore
 
 DIM = 8
 COARSE = ["tops", "shoes", "bags"]
@@ -58,23 +61,58 @@ class FakeEmbedder:
 
 
 class FakeIndex:
-    """Exact inner-product search over a dict of items."""
+    """Exact inner-product search over a dict of items; filters run over a fresh in-memory
+    copy of the rows in SQLite (the metadata store's table), with the rows' inferred schema."""
 
     def __init__(self, ids: np.ndarray, xb: np.ndarray, rows: list[dict[str, Any]]) -> None:
         self.dim = xb.shape[1]
         self.vectors = {int(i): v for i, v in zip(ids, xb, strict=True)}
         self.rows = {int(r["id"]): dict(r) for r in rows}
-        self.manifest: dict[str, Any] = {"dim": self.dim, "index_key": "fake", "source": {}}
+        fields = dict(infer_schema(rows).fields)
+        self.manifest: dict[str, Any] = {
+            "dim": self.dim,
+            "index_key": "fake",
+            "source": {},
+            "fields": fields,
+        }
         self.log = FakeLog()
+
+    def select(self, filter: Filter | dict[str, Any] | str | None) -> np.ndarray:
+        """Ids (ascending) the filter keeps; FilterError as the real index raises it."""
+        where = compile_filter(
+            parse_filter(filter) or Filter(), Schema(self.manifest["fields"]), self._class_name
+        )
+        store = MetadataStore(Path(":memory:"), create=True)
+        try:
+            store.insert([self.rows[i] for i in sorted(self.rows)])
+            return store.ids_matching(where)
+        finally:
+            store.close()
+
+    def _class_name(self, level: str, number: int) -> str:
+        names = self.manifest.get("classes", {}).get(level) or []  # none, unless a test sets them
+        if not 0 <= number < len(names):
+            raise FilterError(
+                f"filter: {level} class {number} out of range: the index has {len(names)}"
+            )
+        return str(names[number])
 
     @property
     def ntotal(self) -> int:
         return len(self.vectors)
 
-    def search(self, xq: np.ndarray, k: int, allowed_ids: np.ndarray | None = None):
+    def search(
+        self,
+        xq: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None = None,
+        filter: Filter | dict[str, Any] | None = None,
+    ):
         ids = np.array(sorted(self.vectors), dtype=np.int64)
         if allowed_ids is not None:
             ids = ids[np.isin(ids, allowed_ids)]
+        if filter is not None:
+            ids = ids[np.isin(ids, self.select(filter))]
         xb = np.stack([self.vectors[int(i)] for i in ids]) if len(ids) else np.zeros((0, self.dim))
         S = xq @ xb.T  # [nq, n]
         D = np.full((len(xq), k), -np.inf, np.float32)

@@ -103,8 +103,11 @@ def served_document(document: dict[str, Any], dim: int, ids: Sequence[int]) -> d
     schemas["NewVectorItem"] = _with_vector(schemas["NewItem"])
     schemas["AddItemsRequest"]["properties"]["items"]["items"] = _ref("NewVectorItem")
     some_ids = [*ids, *ABSENT_IDS]
-    for name in ("SearchRequest", "Filter", "DeleteItemsRequest"):
+    for name in ("SearchRequest", "DeleteItemsRequest"):
         _item_ids(schemas[name], some_ids)
+    # filters on the gallery's keys (colour: its int field) and one it lacks, of stored ids
+    schemas["FieldCondition"]["properties"]["key"] = {"enum": FILTER_KEYS}
+    schemas["HasId"]["properties"]["has_id"]["items"] = {"enum": some_ids}
     for name in ("NewItem", "NewVectorItem"):  # mostly new ids; one stored id for the 409
         _item_ids(schemas[name], [*NEW_IDS, *ids[:1]])
     for path in ("/v1/items/{item_id}", "/v1/items/{item_id}/image"):
@@ -190,18 +193,23 @@ def _item_ids(root: dict[str, Any], ids: Sequence[int]) -> None:
 # names in and out of range, and a few the routes must refuse, one nested deeper than Python's
 # recursion limit.
 DEEP = "[" * 5000 + "]" * 5000
+FILTER_KEYS = ["coarse", "fine", "id", "colour", "hue"]
 FILTER_TEXTS = [
     "",
     "{}",
-    '{"coarse": [0]}',
-    '{"coarse": ["shoes", 2]}',
-    '{"fine": ["3", 5]}',
-    '{"coarse": [-1]}',
-    '{"fine": [99]}',
-    '{"coarse": [9223372036854775808]}',
-    '{"ids": [100, 101, 0]}',
-    '{"coarse": []}',
-    '{"colour": [1]}',
+    '{"must": [{"key": "coarse", "match": {"value": 0}}]}',
+    '{"must": [{"key": "coarse", "match": {"any": ["shoes", 2]}}]}',
+    '{"should": [{"key": "fine", "match": {"any": ["3", 5]}}, {"has_id": [100, 101, 0]}]}',
+    '{"must": [{"key": "coarse", "match": {"value": -1}}]}',
+    '{"must": [{"key": "fine", "match": {"value": 99}}]}',
+    '{"must": [{"key": "coarse", "match": {"value": 9223372036854775808}}]}',
+    '{"must_not": [{"key": "colour", "range": {"gte": 3, "lt": 20.5}}]}',
+    '{"must": [{"key": "colour", "range": {"gt": 1e400}}]}',
+    '{"must": [{"key": "fine", "range": {"gt": "2"}}]}',
+    '{"must": [{"must": [{"must": [{"must": [{"must": [{"has_id": [100]}]}]}]}]}]}',
+    '{"must": [{"key": "coarse", "match": {"any": []}}]}',
+    '{"must": [{"key": "hue", "match": {"value": 1}}]}',
+    '{"coarse": [1]}',
     "[1]",
     "{",
     DEEP,

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from coins.serve.api.deps import ReadyDep, in_pool, loaded
 from coins.serve.api.errors import ApiError
-from coins.serve.api.schemas import ItemMetadata, ItemsPage, error_responses
+from coins.serve.api.schemas import ItemMetadata, ItemsPage, RandomItems, error_responses
 from coins.serve.api.search import item_metadata
 from coins.serve.api.state import ServiceState
 from coins.serve.api.thumbnails import Thumbnails
@@ -36,6 +36,24 @@ def list_items(
         rows = index.metadata(page) if page.size else []
     items = [item_metadata(int(i), m) for i, m in zip(page, rows, strict=True) if m is not None]
     return ItemsPage(total=int(ids.size), offset=offset, items=items)
+
+
+@router.get("/random", response_model=RandomItems)
+def random_items(
+    state: ReadyDep,
+    n: Annotated[int, Query(ge=1, le=100, description="How many items.")] = 12,
+    seed: Annotated[
+        int | None, Query(ge=0, le=2**32 - 1, description="The same seed, the same items.")
+    ] = None,
+) -> RandomItems:
+    """A few items drawn at random without replacement, to browse before any search."""
+    _, index = loaded(state)
+    with state.lock.read():
+        ids = np.asarray(index.select(None), dtype=np.int64)  # every id, kept by the index
+        chosen = np.random.default_rng(seed).choice(ids, min(n, ids.size), replace=False)
+        rows = index.metadata(chosen) if chosen.size else []
+    items = [item_metadata(int(i), m) for i, m in zip(chosen, rows, strict=True) if m is not None]
+    return RandomItems(total=int(ids.size), items=items)
 
 
 def _one(state: ServiceState, id_: int) -> ItemMetadata:

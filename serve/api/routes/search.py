@@ -172,7 +172,7 @@ def _search_query(
     state: ServiceState, metrics: ServiceMetrics, query: SearchQuery
 ) -> list[list[dict[str, Any]]]:
     _, index = loaded(state)
-    allowed = allowed_ids(state, query.filter)  # first: a bad class number is a cheap 422
+    allowed_ids(state, query.filter)  # first: a bad filter is a cheap 422 (its ids are kept)
     exclude = None
     if query.ids is not None:
         exclude = np.asarray(query.ids, dtype=np.int64)
@@ -186,7 +186,7 @@ def _search_query(
         metrics,
         xq,
         query.k,
-        allowed=allowed,
+        filter=query.filter,
         exclude=exclude,
         with_metadata=query.with_metadata,
     )
@@ -195,7 +195,8 @@ def _search_query(
 def _parse_filter(text: str | None) -> Filter | None:
     if text is None or not text.strip():
         return None
-    return parse_json_field(_FILTER, text, "filter", 'a JSON object like {"coarse": [1]}')
+    expected = 'a filter like {"must": [{"key": "coarse", "match": {"value": "shoes"}}]}'
+    return parse_json_field(_FILTER, text, "filter", expected)
 
 
 @router.post("/search/image", response_model=SearchResponse)
@@ -210,10 +211,20 @@ async def search_image(
     gate_top: Annotated[
         int, Form(ge=1, description="Coarse classes searched with gate=coarse.")
     ] = 1,
+    gate_min_prob: Annotated[
+        float | None,
+        Form(
+            ge=0,
+            le=1,
+            description="gate=coarse applies when the gate_top classes hold at least this "
+            "probability (default: the server's gate_min_prob).",
+        ),
+    ] = None,
     filter: Annotated[str | None, Form(description="JSON Filter, as in /v1/search.")] = None,
     with_metadata: Annotated[bool, Form()] = True,
 ) -> SearchResponse:
-    """Nearest neighbours of uploaded images, with the predicted coarse class."""
+    """Nearest neighbours of uploaded images, with the predicted coarse classes; with
+    gate=coarse, each result's `gate` says whether the search was restricted to them."""
     start = time.perf_counter()
     _check_k(k, settings)
     parsed = _parse_filter(filter)
@@ -228,6 +239,7 @@ async def search_image(
         k,
         gate,
         gate_top,
+        settings.gate_min_prob if gate_min_prob is None else gate_min_prob,
         parsed,
         with_metadata,
     )
@@ -243,11 +255,12 @@ def _search_images(
     k: int,
     gate: str,
     gate_top: int,
+    min_prob: float,
     filter_: Filter | None,
     with_metadata: bool,
 ) -> list[QueryResult]:
     embedder, _ = loaded(state)
-    allowed = allowed_ids(state, filter_)  # before embedding: a bad class number is a cheap 422
+    allowed_ids(state, filter_)  # before embedding: a bad filter is a cheap 422
     xq, probs = embed_uploads(state, metrics, settings, payloads)  # L2-normalised by the runner
     names = embedder.coarse_classes
     if gate == "coarse":
@@ -255,9 +268,16 @@ def _search_images(
             raise ApiError(422, "gate=coarse needs a model with a coarse head; this one has none")
         guesses = coarse_guesses(probs, names, gate_top)
         return gated_search(
-            state, metrics, xq, k, guesses, allowed=allowed, with_metadata=with_metadata
+            state,
+            metrics,
+            xq,
+            k,
+            guesses,
+            min_prob=min_prob,
+            filter=filter_,
+            with_metadata=with_metadata,
         )
-    rows = knn(state, metrics, xq, k, allowed=allowed, with_metadata=with_metadata)
+    rows = knn(state, metrics, xq, k, filter=filter_, with_metadata=with_metadata)
     shown = None if probs is None else coarse_guesses(probs, names, COARSE_SHOWN)
     return [
         QueryResult(neighbors=r, coarse=None if shown is None else shown[q])

@@ -94,14 +94,20 @@ def test_search_by_id_never_returns_the_item_itself(client) -> None:
 
 
 def test_filter_is_applied_inside_the_search(client) -> None:
-    body = {"ids": [100], "k": 50, "filter": {"coarse": ["shoes"], "fine": ["1", "4"]}}
+    shoes_1_or_4 = {"must": [{"key": "coarse", "match": {"value": "shoes"}},
+                             {"key": "fine", "match": {"any": ["1", "4"]}}]}  # fmt: skip
+    body = {"ids": [100], "k": 50, "filter": shoes_1_or_4}
     neighbors = client.post("/v1/search", json=body).json()["results"][0]["neighbors"]
     assert neighbors and all(n["metadata"]["coarse"] == "shoes" for n in neighbors)
     assert {n["metadata"]["fine"] for n in neighbors} <= {"1", "4"}
-    only = {"vectors": [[1.0] * DIM], "k": 10, "filter": {"ids": [110, 111, 999]}}
+    only = {"vectors": [[1.0] * DIM], "k": 10, "filter": {"must": [{"has_id": [110, 111, 999]}]}}
     neighbors = client.post("/v1/search", json=only).json()["results"][0]["neighbors"]
     assert sorted(n["id"] for n in neighbors) == [110, 111]
-    none = {"vectors": [[1.0] * DIM], "k": 3, "filter": {"coarse": ["hats"]}}
+    none = {
+        "vectors": [[1.0] * DIM],
+        "k": 3,
+        "filter": {"must": [{"key": "coarse", "match": {"value": "hats"}}]},
+    }
     assert client.post("/v1/search", json=none).json()["results"][0]["neighbors"] == []
 
 
@@ -123,7 +129,12 @@ def test_without_metadata(client) -> None:
         ({"k": 3}, 422, "exactly one"),
         ({"vectors": []}, 422, "at least one"),
         ({"ids": [100, 5]}, 404, "[5]"),
-        ({"ids": [100], "filter": {"colour": [1]}}, 422, "Extra inputs"),
+        ({"ids": [100], "filter": {"colour": [1]}}, 422, "filter.colour: Extra inputs"),
+        (
+            {"ids": [100], "filter": {"must": [{"key": "hue", "match": {"value": 1}}]}},
+            422,
+            "unknown field 'hue'",
+        ),
     ],
 )
 def test_search_errors_are_precise(client, body, status, words) -> None:
@@ -166,14 +177,15 @@ def test_search_by_image_finds_the_same_colour(client) -> None:
 
 def test_gate_coarse_searches_only_the_predicted_classes(client) -> None:
     files = [("images", ("a.png", png(colour_image(i)), "image/png")) for i in range(6)]
-    body = client.post("/v1/search/image", files=files, data={"k": "30", "gate": "coarse"}).json()
+    data = {"k": "30", "gate": "coarse", "gate_min_prob": "0"}  # always gated
+    body = client.post("/v1/search/image", files=files, data=data).json()
     for result in body["results"]:
         gate = result["gated_to"]
         assert gate == [result["coarse"][0]["label"]]
         assert all(n["metadata"]["coarse"] in gate for n in result["neighbors"])
-    two = client.post(
-        "/v1/search/image", files=files[:1], data={"k": "30", "gate": "coarse", "gate_top": "2"}
-    ).json()["results"][0]
+    two = client.post("/v1/search/image", files=files[:1], data={**data, "gate_top": "2"}).json()[
+        "results"
+    ][0]
     assert len(two["gated_to"]) == 2 and len(two["neighbors"]) == 20
 
 
@@ -190,7 +202,10 @@ def test_gate_needs_a_coarse_head(tmp_path) -> None:
 
 def test_image_filter_is_json(client) -> None:
     files = [("images", ("a.png", png(colour_image(1)), "image/png"))]
-    data = {"k": "10", "filter": json.dumps({"coarse": ["bags"]})}
+    data = {
+        "k": "10",
+        "filter": json.dumps({"must": [{"key": "coarse", "match": {"value": "bags"}}]}),
+    }
     result = client.post("/v1/search/image", files=files, data=data).json()["results"][0]
     assert all(n["metadata"]["coarse"] == "bags" for n in result["neighbors"])
     r = client.post("/v1/search/image", files=files, data={"filter": "[1"})

@@ -172,12 +172,16 @@ def indexed_client(tmp_path, indexed) -> Iterator[TestClient]:
         yield c
 
 
+def classes(level: str, *labels: object) -> dict[str, object]:
+    return {"must": [{"key": level, "match": {"any": list(labels)}}]}
+
+
 BAD_FILTERS = [
-    ({"coarse": [999]}, "no class number 999; expected 0..2"),
-    ({"coarse": [-1]}, "no class number -1; expected 0..2"),
-    ({"fine": [10**30]}, f"no class number {10**30}; expected 0..5"),
-    ({"fine": [1e10]}, "valid integer"),
-    ({"coarse": [2.5]}, "valid integer"),
+    (classes("coarse", 999), "coarse class 999 out of range: the index has 3"),
+    (classes("coarse", -1), "coarse class -1 out of range: the index has 3"),
+    (classes("fine", 10**30), f"fine class {10**30} out of range: the index has 6"),
+    (classes("fine", 1e10), "fine expects class names, got 10000000000.0"),
+    (classes("coarse", 2.5), "coarse expects class names, got 2.5"),
 ]
 
 
@@ -193,16 +197,16 @@ def test_bad_class_numbers_are_422_on_both_routes(indexed_client, filter_, words
 
 def test_class_numbers_in_range_name_the_index_classes(indexed_client, indexed) -> None:
     names = indexed.index.manifest.classes["coarse"]
-    body = {"vectors": [[1.0] * DIM], "k": 30, "filter": {"coarse": [1]}}
+    body = {"vectors": [[1.0] * DIM], "k": 30, "filter": classes("coarse", 1)}
     found = indexed_client.post("/v1/search", json=body).json()["results"][0]["neighbors"]
     assert found and {n["metadata"]["coarse"] for n in found} == {names[1]}
 
 
 def test_class_numbers_on_an_index_without_numbers_are_422(client) -> None:
-    body = {"vectors": [[1.0] * DIM], "filter": {"coarse": [0]}}
+    body = {"vectors": [[1.0] * DIM], "filter": classes("coarse", 0)}
     r = client.post("/v1/search", json=body)
-    assert r.status_code == 422 and "numbers no coarse classes" in r.json()["message"]
-    named = {"vectors": [[1.0] * DIM], "filter": {"coarse": [COARSE[0]]}}
+    assert r.status_code == 422 and "out of range: the index has 0" in r.json()["message"]
+    named = {"vectors": [[1.0] * DIM], "filter": classes("coarse", COARSE[0])}
     assert client.post("/v1/search", json=named).status_code == 200
 
 

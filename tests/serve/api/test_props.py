@@ -33,15 +33,39 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+values = st.one_of(labels, numbers, st.booleans(), json_values)
+conditions = st.one_of(
+    st.fixed_dictionaries(
+        {"key": st.sampled_from(["coarse", "fine", "id", "colour", "hue"])},
+        optional={
+            "match": st.one_of(
+                st.fixed_dictionaries({"value": values}),
+                st.fixed_dictionaries({"any": st.lists(values, max_size=3)}),
+                json_values,
+            ),
+            "range": st.one_of(
+                st.dictionaries(st.sampled_from(["gt", "gte", "lt", "lte"]), values, max_size=2),
+                json_values,
+            ),
+        },
+    ),
+    st.fixed_dictionaries({"has_id": st.lists(ids, max_size=4)}),
+)
 filters = st.one_of(
     st.none(),
-    st.fixed_dictionaries(
-        {},
-        optional={
-            "coarse": st.lists(labels, max_size=3),
-            "fine": st.lists(labels, max_size=3),
-            "ids": st.lists(ids, max_size=4),
-        },
+    st.recursive(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                clause: st.lists(conditions, max_size=3)
+                for clause in ("must", "should", "must_not")
+            },
+        ),
+        lambda inner: st.fixed_dictionaries(
+            {},
+            optional={"must": st.lists(inner, max_size=2), "should": st.lists(inner, max_size=2)},
+        ),
+        max_leaves=6,
     ),
     json_values,
 )

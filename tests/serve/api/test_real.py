@@ -58,7 +58,8 @@ def test_image_search_finds_the_image_itself_with_its_coarse_class(built, test_s
                 1, abs=1e-4
             )
             assert len(result["coarse"]) == 3
-        gated = client.post("/v1/search/image", files=files, data={"k": "48", "gate": "coarse"})
+        data = {"k": "48", "gate": "coarse", "gate_min_prob": "0"}  # always gated
+        gated = client.post("/v1/search/image", files=files, data=data)
         for result in gated.json()["results"]:
             assert {n["metadata"]["coarse"] for n in result["neighbors"]} == set(result["gated_to"])
         thumb = client.get(f"/v1/items/{int(test_split.ids[0])}/image")
