@@ -80,7 +80,8 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
     size = int(options["model"]["preprocess"]["input_size"])
     timing = _time_steps(options, train, size)
     sizes = [size]
-    if "model.preprocess.input_size" not in fixed and "model.preprocess" not in fixed:
+    yours = bool(fixed & {"model.preprocess.input_size", "model.preprocess"})
+    if not yours:
         sizes += [s for s in SIZES if s < size]
     files = train.base if hasattr(train, "base") else train
     decode_s = timing["decode_s"] * (n + n_eval) if isinstance(files, FileDataset) else 0.0
@@ -99,7 +100,17 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
     out = json.loads(json.dumps(options))  # a deep copy of plain data
     out["model"]["preprocess"]["input_size"] = chosen
     most = int(options.get("epochs", 100))
-    least = 1 + int(options.get("head_warmup_epochs", 0) or 0)  # the backbone trains in one
+    warm = int(options.get("head_warmup_epochs", 0) or 0)
+    dropped = ""
+    if warm and epochs < warm + 2 and not fixed & {"head_warmup_epochs", "epochs"}:
+        # the head-only epochs would leave the backbone under two epochs, or none: the
+        # backbone's lower learning rate (backbone_lr_mult) protects it from the new head
+        dropped = (
+            f"; the head-only warm-up dropped: {warm} of the {max(epochs, 1)} epochs that fit "
+            "would leave the backbone fewer than 2"
+        )
+        out["head_warmup_epochs"] = warm = 0
+    least = 1 + warm  # the backbone trains in one epoch at least
     fitted = min(most, max(epochs, least))
     if "epochs" not in fixed:
         out["epochs"] = fitted
@@ -116,14 +127,16 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
     else:
         fitted_s = out["epochs"] * epoch_s
     planned = (fitted_s + eval_s + decode_s) / 60
+    down = f" (down from {size} px: {MIN_FIT_EPOCHS} epochs at least)" if chosen < size else ""
     say(
         f"time budget {options['time_budget_min']:g} min on this machine (timed here: "
         f"{timing['images_per_s']:.1f} training images/s at {size} px): input {chosen} px"
-        f"{' (yours)' if chosen == size and len(sizes) == 1 else ''}, "
+        f"{' (yours)' if yours else ''}{down}, "
         f"{out['epochs']} epoch{'s' * (out['epochs'] != 1)} of {n} images{cut} "
         f"({epoch_s:.0f} s an epoch), evaluations {eval_s:.0f} s, decoding {decode_s:.0f} s: "
         f"about {planned:.1f} min planned"
         + (f" (the recipe's {most} epochs fit)" if fitted == most else "")
+        + dropped
     )
     if cut:
         say(

@@ -139,3 +139,20 @@ def test_every_training_option_is_explained() -> None:
     assert docs["alpha_schedule"].startswith("constant, or cosine")
     assert "shared: L_cos classifies q" in docs["classifier_head"]
     assert "Kendall" in docs["loss_weighting"]
+
+
+def test_a_short_budget_drops_the_head_only_warm_up(
+    gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = _options(gallery, time_budget_min=1.0, head_warmup_epochs=1)
+    options["model"]["preprocess"]["input_size"] = 112
+    train = budget._train_split(options)
+    monkeypatch.setattr(budget, "_time_steps", _fake_timing(4.0))  # 24 s an epoch: 2 fit
+    fitted = budget.fit_to_budget(options, train, fixed=set())
+    assert (fitted["epochs"], fitted["head_warmup_epochs"]) == (2, 0)
+    assert "the head-only warm-up dropped: 1 of the 2 epochs" in capsys.readouterr().err
+    monkeypatch.setattr(budget, "_time_steps", _fake_timing(0.8))  # 4.8 s an epoch: 11 fit
+    fitted = budget.fit_to_budget(options, train, fixed=set())
+    assert (fitted["epochs"], fitted["head_warmup_epochs"]) == (11, 1)
+    fitted = budget.fit_to_budget(options, train, fixed={"head_warmup_epochs"})
+    assert fitted["head_warmup_epochs"] == 1  # the user's
