@@ -1,7 +1,7 @@
 """The table of a pretrained-start sweep: the starting backbone untrained (each fine-tuning run's
 epoch-0 evaluation), the fine-tuned runs and the runs from scratch, mean ± std over seeds.
 
-    python benchmarks/pretrained_table.py runs/i23-fm/sweep --group finetune scratch
+    python benchmarks/pretrained_table.py runs/i23-fm/sweep* --group finetune scratch
 """
 
 from __future__ import annotations
@@ -12,10 +12,14 @@ import statistics
 from pathlib import Path
 
 
-def rows(sweep: Path, prefix: str) -> list[tuple[str, dict, dict | None, float]]:
-    """(run, trained metrics, untrained metrics, wall minutes) of the runs named prefix-s<N>."""
+def rows(sweeps: list[Path], prefix: str) -> list[tuple[str, dict, dict | None, float]]:
+    """(run, trained metrics, untrained metrics, wall minutes) of the finished runs named
+    prefix-s<N> in the sweep folders."""
     out = []
-    for run in sorted(sweep.glob(f"{prefix}-s*")):
+    runs = sorted((run for sweep in sweeps for run in sweep.glob(f"{prefix}-s*")), key=str)
+    for run in runs:
+        if not (run / "eval.json").is_file():
+            continue
         written = json.loads((run / "eval.json").read_text())
         log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         minutes = (log[-1]["time"] - log[0]["time"]) / 60
@@ -43,7 +47,7 @@ def line(name: str, metrics: list[dict], minutes: list[float] | None) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sweep", type=Path)
+    p.add_argument("sweep", type=Path, nargs="+", help="sweep output folders")
     p.add_argument("--group", nargs="+", required=True, help="run name prefixes, in order")
     a = p.parse_args()
     print(
