@@ -16,13 +16,14 @@ def rows(sweeps: list[Path], prefix: str) -> list[tuple[str, dict, dict | None, 
     """(run, trained metrics, untrained metrics, wall minutes) of the finished runs named
     prefix-s<N> in the sweep folders."""
     out = []
-    runs = sorted((run for sweep in sweeps for run in sweep.glob(f"{prefix}-s*")), key=str)
+    found = (run for sweep in sweeps for run in sweep.glob(f"{prefix}-s*"))
+    runs = sorted(found, key=lambda r: r.name)
     for run in runs:
         if not (run / "eval.json").is_file():
             continue
         written = json.loads((run / "eval.json").read_text())
         log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        minutes = (log[-1]["time"] - log[0]["time"]) / 60
+        minutes = (log[-1]["time"] - (run / "config.json").stat().st_mtime) / 60  # the run's own
         out.append((run.name, written, written.get("untrained"), minutes))
     return out
 
