@@ -9,9 +9,10 @@ Two steps, each printed with its reason (stderr), each leaving alone what the us
    steps and evaluation batches are timed on this machine, at the model's input size, and the
    run is fitted into the budget: the input size
    steps down (224, 192, 160, 128, 112) while fewer than `MIN_FIT_EPOCHS` training epochs would
-   fit, then the epochs are as many as fit (at most the recipe's). The estimate counts the
-   training steps, their augmentation, decoding the gallery once and the evaluations (the
-   untrained one, the final one with its selection score, and any `eval_every`).
+   fit, then the epochs are as many as fit (at most the recipe's). The budget is the whole
+   run's, counted from the process's start; the estimate counts the training steps, their
+   augmentation, decoding the gallery once and the evaluations (the untrained one, the final
+   one with its selection score, and any `eval_every`), and plans 90 % of what is left.
 
 A resumed run keeps what was fitted when it started (`fitted_from_run`): a new timing would
 give other epochs, and a run must not change under `--resume`.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,7 +76,7 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
     from ..retrieval.data.images import FileDataset
 
     start = time.perf_counter()
-    budget_s = float(options["time_budget_min"]) * 60 * MARGIN
+    budget_s = float(options["time_budget_min"]) * 60 * MARGIN - _since_process_start()
     n = len(train)
     n_eval = _eval_images(options, n)
     size = int(options["model"]["preprocess"]["input_size"])
@@ -147,6 +149,17 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
     return out
 
 
+def _since_process_start() -> float:
+    """Seconds this process has run (the imports, the data set's listing): the budget is the
+    whole run's. 0 where /proc does not say."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _eval_images(options: dict[str, Any], n_train: int) -> int:
     """Images of the split evaluated during training (test, or a val share of train)."""
     val = float(options.get("val_fraction", 0) or 0)
@@ -179,7 +192,7 @@ def _time_steps(options: dict[str, Any], train: Any, size: int) -> dict[str, flo
     import numpy as np
     import torch
 
-    from ..retrieval.data import train_transform
+    from ..retrieval.data import eval_transform, train_transform
     from ..retrieval.data.images import FileDataset
     from .builder import CoInsModel
     from .config import TrainConfig
@@ -210,8 +223,7 @@ def _time_steps(options: dict[str, Any], train: Any, size: int) -> dict[str, flo
     step()  # the first step allocates
     tic = time.perf_counter()
     step()
-    step()
-    step_s = (time.perf_counter() - tic) / 2
+    step_s = time.perf_counter() - tic
     model.eval()
     with torch.no_grad():
         tic = time.perf_counter()
@@ -228,6 +240,11 @@ def _time_steps(options: dict[str, Any], train: Any, size: int) -> dict[str, flo
         augment(img)
         augment(img)  # two views
     augment_s = (time.perf_counter() - tic) / len(images)
+    evaluate = eval_transform(pre)  # an evaluation decodes and resizes every image, each pass
+    tic = time.perf_counter()
+    for img in images:
+        evaluate(img)
+    forward_s += decode_s + (time.perf_counter() - tic) / len(images)
     return {
         "step_s": step_s,
         "forward_s": forward_s,

@@ -339,7 +339,8 @@ def _train(
         enabled=progress,
     )  # fmt: skip
     report.note(
-        f"{len(train_set):,} training images, {cfg.epochs - start} epochs of {steps_per_epoch} "
+        f"{len(train_set):,} training images, {cfg.epochs - start} epoch"
+        f"{'s' * (cfg.epochs - start != 1)} of {steps_per_epoch} "
         f"steps (batch {cfg.batch_size * size}); evaluating on {watched.split} "
         f"({len(watched):,} images)"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,22 @@ def test_without_a_dataset_says_what_it_trains_on(capsys: pytest.CaptureFixture[
     assert "fashion-mnist" in err  # the list of data sets
     load_config(dataset="synthetic-patches", fit=False)
     assert "no data set given" not in capsys.readouterr().err
+
+
+SINCE_START = budget._since_process_start  # the real one, before any test replaces it
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget counts from the process's start: a test process has run for a while."""
+    monkeypatch.setattr(budget, "_since_process_start", lambda: 0.0)
+
+
+def test_the_budget_counts_from_the_process_start() -> None:
+    before = SINCE_START()
+    assert 0 < before < 7 * 24 * 3600  # this test process has run for a while already
+    time.sleep(0.05)
+    assert SINCE_START() > before
 
 
 def _fake_timing(step_s: float) -> Any:
