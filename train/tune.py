@@ -132,6 +132,7 @@ def tune(
         "val_fraction": val_fraction,
         "eval_split": "val",  # no trial evaluates the test split
         "eval_every": eval_every,
+        "eval_untrained": False,  # a trial is scored on its own progress; spare the extra pass
     }
     base = load_config(config, **fixed)  # checks every fixed option before the first trial
     # a line per trial (each trial's training reports its own progress as well)
@@ -198,6 +199,7 @@ def _write_best(
     options = json.loads(json.dumps(chosen.to_dict()))  # tuples as lists: plain YAML
     options["eval_split"] = "test" if base.eval_split == "val" else base.eval_split
     options["eval_every"] = 0
+    options["eval_untrained"] = True  # the chosen run, trained again, shows what it added
     header = (
         f"# coins tune: trial {best.number} of the search, {best.user_attrs.get('criterion')} "
         f"{best.value:.4f} on the val split ({chosen.val_fraction:g} of train held out).\n"
