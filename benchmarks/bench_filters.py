@@ -24,6 +24,7 @@ those of a filter repeated.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -133,7 +134,7 @@ def main() -> None:
     p.add_argument("--nq", type=int, default=100)
     p.add_argument("--index", default="IVF1024,Flat", help="FAISS factory string or coins kind")
     p.add_argument("--peers-python", default="/tmp/peers-venv/bin/python", help="'' skips peers")
-    p.add_argument("--peers-timeout", type=float, default=None, help="seconds for the peers")
+    p.add_argument("--peers-until", default=None, help="HH:MM UTC: stop the peers then")
     p.add_argument("--work", type=Path, default=None, help="folder for the indexes (temporary)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args()
@@ -202,17 +203,25 @@ def main() -> None:
                 for filt in filters(f)]  # fmt: skip
         (data / "filters.json").write_text(json.dumps({"filters": spec, "gt": gts, "k": K}))
         peers = Path(__file__).with_name("bench_filters_peers.py")
+        timeout = None
+        if args.peers_until:
+            until = datetime.datetime.combine(
+                datetime.datetime.now(datetime.timezone.utc).date(),
+                datetime.time.fromisoformat(args.peers_until),
+                datetime.timezone.utc,
+            )
+            timeout = (until - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
         try:
             out = subprocess.run(
                 [args.peers_python, str(peers), str(data), str(work / "peers")],
-                capture_output=True, text=True, timeout=args.peers_timeout,
+                capture_output=True, text=True, timeout=timeout,
                 env={**os.environ, "RUST_LOG": "error", "LANCE_LOG": "error"},
             )  # fmt: skip
             sys.stderr.write(out.stderr[-4000:])
             if out.returncode != 0:
                 print(f"peers failed (exit {out.returncode})")
         except subprocess.TimeoutExpired:
-            print(f"peers stopped after {args.peers_timeout} s: the engines done so far")
+            print(f"peers stopped at {args.peers_until} UTC: the engines done so far")
         done = work / "peers" / "peers.json"
         if done.exists():
             results["peers"] = json.loads(done.read_text())
