@@ -249,3 +249,13 @@ def test_every_gated_answer_says_the_predicted_class_and_whether_it_gated(client
         sum(c["probability"] for c in two["coarse"])
     )
     assert image_query(client, 0, gate="none")["gate"] is None
+
+
+def test_a_filter_too_large_is_refused_never_a_5xx(client) -> None:
+    many = {"should": [cond("brand", match={"value": f"b{i}"}) for i in range(1025)]}
+    r = search(client, many)
+    assert r.status_code == 422 and "more than 1024 conditions" in r.json()["message"]
+    limit = ServeSettings(index_dir=Path("."), model=Path(".")).max_search_bytes(FakeEmbedder.dim)
+    huge = {"must": [{"has_id": list(range(limit // 2))}]}  # ~6 bytes an id: past the body limit
+    r = search(client, huge)
+    assert r.status_code == 413 and "limit" in r.json()["message"], r.text[:200]
