@@ -158,16 +158,16 @@ def neighbor_rows(
     nq = len(xq)
     if allowed is not None and allowed.size == 0:
         return [[] for _ in range(nq)]
-    selected = allowed_ids(state, filter)
-    if selected is not None and selected.size == 0:
-        return [[] for _ in range(nq)]
     extra = 0 if exclude is None else 1
     kk = max(1, min(k + extra, index.ntotal))
     with metrics.time_stage("search"), state.lock.read():
         if filter is None:
             D, I = index.search(xq, kk, allowed)  # [nq, kk] each
-        else:  # the index selects (its cached ids) and searches among them, inside FAISS
-            D, I = index.search(xq, kk, allowed, filter=filter)
+        else:  # the index selects (its cached ids) and searches among them, inside FAISS;
+            try:  # a filter keeping nothing gives ids -1 only, dropped by result_rows
+                D, I = index.search(xq, kk, allowed, filter=filter)
+            except FilterError as err:  # the routes check the filter first (allowed_ids)
+                raise ApiError(422, str(err)) from None
     rows = result_rows(D, I, k, exclude)
     meta = _metadata(state, metrics, rows) if with_metadata else {}
     out = []
