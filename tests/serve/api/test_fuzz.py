@@ -138,6 +138,9 @@ def send(app, operation: str, path: str, **case):
     ("method", "path", "body"),
     [
         pytest.param("POST", "/v1/search", {"ids": [100], "k": 3.0}, id="integral-float-k"),
+        pytest.param("POST", "/v1/search", {"ids": [100], "filter": {"must": [
+            {"key": "coarse", "match": {"value": "shoes"}}, {"has_id": [101, 102]}],
+            "must_not": [{"key": "colour", "range": {"gte": 5}}]}}, id="filter"),
     ],
 )  # fmt: skip
 def test_what_the_document_accepts_is_not_refused_as_invalid(app, method, path, body) -> None:
@@ -164,6 +167,13 @@ def test_what_the_document_accepts_is_not_refused_as_invalid(app, method, path, 
         pytest.param("POST", "/v1/search", {"vectors_base64": "AAAA", "ids": [100]},
                      id="search-base64-and-ids"),
         pytest.param("POST", "/v1/items", {"items": [{"id": 0}]}, id="add-without-vector"),
+        # the filter format: Qdrant's shape only (the older {"coarse": [...]} is refused)
+        pytest.param("POST", "/v1/search", {"ids": [100], "filter": {"coarse": ["shoes"]}},
+                     id="filter-old-shape"),
+        pytest.param("POST", "/v1/search", {"ids": [100], "filter": {"must": [{"key": 1}]}},
+                     id="filter-key-not-text"),
+        pytest.param("POST", "/v1/search", {"ids": [100], "filter": {"must": [
+            {"key": "colour", "match": {"value": [1]}}]}}, id="filter-value-a-list"),
     ],
 )  # fmt: skip
 def test_what_the_document_refuses_is_refused(app, method, path, body) -> None:
