@@ -14,6 +14,10 @@ Two steps, each printed with its reason (stderr), each leaving alone what the us
    augmentation, decoding the gallery once and the evaluations (the untrained one, the final
    one with its selection score, and any `eval_every`), and plans 90 % of what is left.
 
+While it trains, the loop keeps the budget too (`run_deadline`): the machine may slow down
+after the timing (other jobs start), so training stops early, at a step's end, when the time
+left is what the final evaluation needs.
+
 A resumed run keeps what was fitted when it started (`fitted_from_run`): a new timing would
 give other epochs, and a run must not change under `--resume`.
 """
@@ -149,6 +153,12 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
             "Raise --time-budget-min (0: no budget), or train on a faster machine"
         )
     return out
+
+
+def run_deadline(budget_min: float) -> float:
+    """The wall-clock time (time.time()) by which a run of `budget_min` minutes, counted from
+    this process's start, must have ended."""
+    return time.time() - _since_process_start() + budget_min * 60
 
 
 def _since_process_start() -> float:

@@ -34,6 +34,7 @@ from ..retrieval.models import Which
 from ..retrieval.presets import check_trainable
 from ..retrieval.progress import Progress, duration
 from . import distributed as dist
+from .budget import run_deadline
 from .builder import CoInsModel
 from .config import TrainConfig
 from .methods import METHODS
@@ -345,10 +346,17 @@ def _train(
         f"({len(watched):,} images)"
     )
     untrained = None
+    tic = time.perf_counter()
     if cfg.eval_untrained and dist.is_main():
         untrained = _untrained(model, final_set, cfg, device, log, out, state is not None)
         if untrained is not None:
             report.note(f"untrained, on {untrained['split']}: {_recalls(untrained)}")
+    # a time budget is kept while training too: the machine may slow down after the timing.
+    # The final evaluation (one pass and the selection score's two) costs about three of the
+    # untrained one. One process only: ranks deciding by their own clocks could part ways.
+    stop_at = None
+    if cfg.time_budget_min > 0 and not distributed:
+        stop_at = run_deadline(cfg.time_budget_min) - 3 * (time.perf_counter() - tic) - 15
     M = cfg.proxy_start_epoch or cfg.epochs // 2
     record: dict[str, Any] = {}
     epoch = max(start - 1, 0)  # a finished run resumed: nothing left to train
@@ -371,8 +379,15 @@ def _train(
             device,
             report,
             proxy_on=model.proxies is not None and epoch >= M,
+            stop_at=stop_at,
         )
-        last = epoch + 1 == cfg.epochs or (cfg.max_steps and step >= cfg.max_steps)
+        stopped = stop_at is not None and time.time() >= stop_at and epoch + 1 < cfg.epochs
+        if stopped:
+            report.note(
+                f"time budget of {cfg.time_budget_min:g} min: training stops at step {step} "
+                f"(epoch {epoch + 1} of {cfg.epochs}) to leave the final evaluation its time"
+            )
+        last = epoch + 1 == cfg.epochs or (cfg.max_steps and step >= cfg.max_steps) or stopped
         if dist.is_main() and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
             _save(out / LAST, model, opt, cfg, epoch, step, train_set)
         if dist.is_main() and (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
@@ -440,6 +455,7 @@ def _epoch(
     device: torch.device,
     report: Progress,
     proxy_on: bool,
+    stop_at: float | None = None,
 ) -> int:
     """One pass over the training data; returns the global step count after it."""
     _, size = dist.world()
@@ -495,6 +511,8 @@ def _epoch(
                 }
             )
         if cfg.max_steps and step >= cfg.max_steps:
+            break
+        if stop_at is not None and time.time() >= stop_at:  # the time budget (wall clock)
             break
     means = {name: value / max(count, 1) for name, value in sums.items()}
     log.write(

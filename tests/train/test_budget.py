@@ -173,3 +173,25 @@ def test_a_short_budget_drops_the_head_only_warm_up(
     assert (fitted["epochs"], fitted["head_warmup_epochs"]) == (11, 1)
     fitted = budget.fit_to_budget(options, train, fixed={"head_warmup_epochs"})
     assert fitted["head_warmup_epochs"] == 1  # the user's
+
+
+def test_training_keeps_the_budget_when_the_machine_slows_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The timing said 3 epochs fit; the deadline passes in the first: training stops at a
+    step's end, and the final evaluation still runs."""
+    from train_fixtures import tiny_config
+
+    from coins.train.metrics_log import read_log
+
+    # as if the process had run for an hour: the deadline has passed
+    monkeypatch.setattr(budget, "_since_process_start", lambda: 3600.0)
+    cfg = tiny_config(epochs=3, time_budget_min=1.0)
+    train(cfg, tmp_path)
+    log = read_log(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in log if r["event"] == "epoch"] == [1]  # one step, then stopped
+    assert [r["epoch"] for r in log if r["event"] == "eval"][-1] == 1
+    assert json.loads((tmp_path / "eval.json").read_text())["fine"]["recall@1"] >= 0
+    assert (
+        "time budget of 1 min: training stops at step 1 (epoch 1 of 3)" in capsys.readouterr().err
+    )
