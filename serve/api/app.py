@@ -205,6 +205,7 @@ def with_header_deadline(base: type[Any], seconds: float) -> type[asyncio.Protoc
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
+            self.transport = CoalescedWrites(transport, self.loop)  # what cycles write to
             self._arm(None)
 
         def data_received(self, data: bytes) -> None:
@@ -243,3 +244,32 @@ def with_header_deadline(base: type[Any], seconds: float) -> type[asyncio.Protoc
             self._deadline = self.loop.call_later(seconds, expire)
 
     return HeaderDeadline
+
+
+class CoalescedWrites:
+    """A transport whose writes made in one turn of the event loop go out as one: uvicorn
+    writes a response's status line and headers, then its body, each at once (two send
+    calls, two packets). The rest is the transport's own; `close` sends what is pending."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

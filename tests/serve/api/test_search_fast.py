@@ -181,3 +181,43 @@ def test_searches_are_counted_under_their_route_whatever_their_status(index_dir,
         assert 'coins_queries_total{kind="vector"} 1.0' in text
     finally:
         client.__exit__(None, None, None)
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info {name}"
+
+
+def test_writes_in_one_turn_of_the_loop_go_out_as_one() -> None:
+    import asyncio
+
+    from coins.serve.api.app import CoalescedWrites
+
+    async def main() -> RecordingTransport:
+        raw = RecordingTransport()
+        t = CoalescedWrites(raw, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")  # uvicorn: the head, then the body
+        t.write(b"{}")
+        assert raw.writes == []
+        await asyncio.sleep(0)
+        assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+        t.write(b"bye")
+        t.close()  # sends what is pending first
+        assert raw.writes[-1] == b"bye" and raw.closed
+        assert t.get_extra_info("peername") == "info peername"
+        return raw
+
+    asyncio.run(main())
