@@ -131,7 +131,10 @@ def test_a_run_with_val_fraction_selects_on_val_and_tests_once(tmp_path) -> None
     log = read_log(tmp_path / "metrics.jsonl")
     steps = [r for r in log if r["event"] == "step"]
     assert len(steps) == 2 * 3  # 48 of 64 images train: 3 batches of 16 per epoch
-    assert [r["split"] for r in log if r["event"] == "eval"] == ["val", "val"]
+    # the untrained start is a baseline on the reported split (no choice is made among
+    # untrained models); the trained ones are watched on val and tested once
+    watched = [(r["split"], r.get("untrained", False)) for r in log if r["event"] == "eval"]
+    assert watched == [("test", True), ("val", False), ("val", False)]
     assert [r["epoch"] for r in evals] == [1, 2] and evals[-1]["selection"]["split"] == "val"
     assert [r["split"] for r in log if r["event"] == "test"] == ["test"]
     written = json.loads((tmp_path / "eval.json").read_text())
@@ -144,6 +147,7 @@ def test_a_run_with_val_fraction_selects_on_val_and_tests_once(tmp_path) -> None
 def test_eval_split_val_never_evaluates_test(tmp_path) -> None:
     train(tiny_config(val_fraction=0.25, eval_split="val", max_steps=2), tmp_path, progress=False)
     log = read_log(tmp_path / "metrics.jsonl")
-    assert [r["split"] for r in log if r["event"] in ("eval", "test")] == ["val"]
+    evals = [(r["split"], r["epoch"]) for r in log if r["event"] in ("eval", "test")]
+    assert evals == [("val", 0), ("val", 1)]  # the untrained start, then the trained one
     with pytest.raises(ValueError, match="val_fraction above 0"):
         tiny_config(eval_split="val")
