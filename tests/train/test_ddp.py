@@ -64,7 +64,8 @@ def test_coins_train_nproc_2_runs_ddp_end_to_end(tmp_path) -> None:
     # rank 0 alone logs; 64 images / (2 ranks x 16) = 2 steps an epoch, stopped at step 3
     assert [(r["epoch"], r["step"]) for r in steps] == [(1, 1), (1, 2), (2, 3)]
     assert "proxy" in steps[-1]  # M = 1: the proxies were clustered and broadcast
-    assert set(json.loads((run / "eval.json").read_text())) == {"fine", "coarse", "selection"}
+    written = json.loads((run / "eval.json").read_text())  # with the untrained start beside
+    assert set(written) == {"fine", "coarse", "selection", "untrained"}
     assert (run / "checkpoint.pt").is_file()
     cmd = torchrun_command(2, "c.json", run, resume=True)  # the same interpreter runs the ranks
     assert cmd[0] == sys.executable
