@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 
 from coins.serve.api.settings import ServeSettings
 from coins.serve.client import background
@@ -34,6 +40,25 @@ def start_server(built: Built, *args: str, timeout: float = 60) -> tuple[subproc
 
 stop_server = background.stop_server
 free_port = background.free_port
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """`app` (`create_app`'s) served by uvicorn in a thread on a free loopback port: its URL once
+    the server listens and the service is ready, until the block ends."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (server.started and app.state.service.ready):
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def ready_pids(url: str) -> set[str]:

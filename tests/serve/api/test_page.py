@@ -15,18 +15,15 @@ import base64
 import io
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 from serve_fakes import COARSE, FakeEmbedder, colour_image
 from serve_fuzz import IndexArtifacts
-from serve_real import free_port
+from serve_real import serving
 
 from coins.serve.api.app import create_app
 from coins.serve.api.settings import ServeSettings
@@ -84,17 +81,8 @@ def server(tmp_path_factory) -> Iterator[str]:
         image_roots=[root / "gallery"],
     )
     app = create_app(settings, IndexArtifacts())
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (srv.started and app.state.service.ready):
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,15 +5,12 @@ queries; a bad filter is the server's 422, said by the command."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from serve_fakes import FakeArtifacts, colour_image
-from serve_real import free_port
+from serve_real import serving
 from typer.testing import CliRunner
 
 from coins.cli import app as cli
@@ -27,17 +24,8 @@ def url(tmp_path_factory) -> Iterator[str]:
     app = create_app(
         ServeSettings(index_dir=tmp, model=tmp / "m.onnx", workers=2, threads=1), FakeArtifacts()
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and app.state.service.ready):
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url
 
 
 def query(*args: str) -> str:

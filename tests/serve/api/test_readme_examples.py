@@ -12,18 +12,15 @@ import re
 import shlex
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from serve_fakes import FakeEmbedder, colour_image
 from serve_fuzz import IndexArtifacts
-from serve_real import free_port
+from serve_real import serving
 
 from coins.serve.api.app import create_app
 from coins.serve.api.settings import ServeSettings
@@ -63,17 +60,8 @@ def url(tmp_path: Path) -> Iterator[str]:
         index_dir=tmp_path / "index", model=tmp_path / "m.onnx", workers=2, threads=1, api_key=KEY
     )
     app = create_app(settings, IndexArtifacts())
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and app.state.service.ready):
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url
 
 
 def send_as_httpx(command: str, cwd: Path) -> str:
