@@ -90,8 +90,9 @@ RGB_224 = Preset(
 )
 PRETRAINED_PHOTOS = Preset(
     "pretrained-photos",
-    "photos from pretrained weights (chosen by --pretrained): full-width ResNet-18, the weights' "
-    "preprocessing, a gentle fine-tune (backbone lr x0.1, BatchNorm frozen, 1 head-only epoch), "
+    "photos from pretrained weights (chosen by --pretrained): the weights' architecture (a coins "
+    "file names it; else model.backbone, ResNet-18 by default) and preprocessing, a gentle "
+    "fine-tune (backbone lr x0.1, BatchNorm frozen, 1 head-only epoch), "
     "input size and epochs fitted to 12 minutes of the machine it runs on",
     EmbedderConfig(preprocess=IMAGENET),  # the weights' own input size and statistics replace it
     {
