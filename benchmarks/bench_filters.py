@@ -128,6 +128,53 @@ def run_coins(index: Any, xq: np.ndarray, filt: dict, mask: np.ndarray) -> dict[
     return {"found": found, "ms": ms, "post_found": post_found, "post_ms": post_ms}
 
 
+def tiny_model(work: Path, dim: int) -> Path:
+    """A tiny random ONNX model giving `dim`-d vectors: the server needs one; vector queries
+    never run it."""
+    import torch
+
+    from coins.retrieval.models import Embedder, EmbedderConfig
+    from coins.retrieval.onnx.export import export_model
+
+    torch.manual_seed(0)
+    config = {"backbone_kwargs": {"channels": [8, 16, 16, 32]}, "head_hidden": 16,
+              "head_dim": dim, "preprocess": {"input_size": 16}}  # fmt: skip
+    path = work / "tiny.onnx"
+    export_model(Embedder(EmbedderConfig.from_dict(config)).eval(), path)
+    return path
+
+
+def run_http(
+    index_dir: Path, model: Path, xq: np.ndarray, filt: dict, gt: np.ndarray, in_process: list
+) -> dict[str, Any]:
+    """The same filtered queries through `coins serve` (one connection, one query a request, a
+    JSON body): latency, recall, and whether every answer equals the in-process one."""
+    import httpx
+
+    from coins.serve.client.background import start_server, stop_server
+
+    proc, url = start_server(index_dir, model, "--workers", "1", "--threads", "1", timeout=600)
+    try:
+        found, ms = [], []
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for q in xq:
+                body = {"vectors": [q.tolist()], "k": K, "filter": filt}
+                t = time.perf_counter()
+                r = http.post("/v1/search", json=body)
+                ms.append(1e3 * (time.perf_counter() - t))
+                r.raise_for_status()
+                found.append([n["id"] for n in r.json()["results"][0]["neighbors"]])
+    finally:
+        stop_server(proc)
+    return {
+        "http_recall": recall(found, gt),
+        "http_same_as_in_process": found == in_process,
+        "http_first_ms": ms[0],
+        "http_p50_ms": percentiles(ms[1:])[0],
+        "http_p99_ms": percentiles(ms[1:])[1],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000)
@@ -137,10 +184,14 @@ def main() -> None:
     p.add_argument("--peers-until", default=None, help="HH:MM UTC: stop the peers then")
     p.add_argument("--work", type=Path, default=None, help="folder for the indexes (temporary)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--http", action="store_true", help="also through `coins serve` (POST /v1/search)"
+    )
     args = p.parse_args()
 
     import faiss
 
+    from coins.retrieval.onnx.contract import model_sha256
     from coins.serve.index.build import build_index
     from coins.serve.index.filtered import plan
     from coins.serve.index.store import SearchIndex
@@ -156,7 +207,9 @@ def main() -> None:
     ]
     faiss.omp_set_num_threads(os.cpu_count() or 1)  # the build on every core
     t = time.perf_counter()
-    build_index(ids, xb, rows, work / "coins", index_key=args.index)
+    model = tiny_model(work, xb.shape[1]) if args.http else None
+    sha = None if model is None else model_sha256(model)
+    build_index(ids, xb, rows, work / "coins", index_key=args.index, model_sha256=sha)
     build_s = time.perf_counter() - t
     del rows
     faiss.omp_set_num_threads(1)
@@ -168,7 +221,7 @@ def main() -> None:
     results: dict[str, Any] = {"n": args.n, "nq": args.nq, "k": K, "index": m.index_key,
                                "index_params": m.index_params, "build_s": build_s,
                                "filters": []}  # fmt: skip
-    gts = []
+    gts, found_in_process = [], []
     for filt in filters(f):
         gt = exact_filtered(xq, xb, filt["mask"], K)
         gts.append(gt.tolist())
@@ -188,7 +241,13 @@ def main() -> None:
             "post_p99_ms": percentiles(r["post_ms"])[1],
         }
         results["filters"].append(row)
+        found_in_process.append(r["found"])
         print(json.dumps(row), flush=True)
+    if model is not None:
+        for row, filt, gt, found in zip(results["filters"], filters(f), gts, found_in_process,
+                                        strict=True):  # fmt: skip
+            row |= run_http(work / "coins", model, xq, filt["coins"], np.array(gt), found)
+            print(json.dumps(row), flush=True)
 
     if args.out:  # coins' figures, whatever happens to the peers
         args.out.write_text(json.dumps(results, indent=1))
@@ -250,6 +309,12 @@ def table(r: dict[str, Any]) -> str:
             f"| {row['post_recall']:.3f}, {100 * row['post_short']:.0f} % "
             f"| {row['post_p50_ms']:.2f} |"
         )
+        if "http_p50_ms" in row:
+            line += (
+                f" HTTP: recall {row['http_recall']:.3f}, first {row['http_first_ms']:.1f} ms, "
+                f"p50 / p99 {row['http_p50_ms']:.2f} / {row['http_p99_ms']:.2f} ms, the "
+                f"in-process ids: {'yes' if row['http_same_as_in_process'] else 'NO'} |"
+            )
         for engine in engines:
             pr = r["peers"][engine][i]
             line += f" {pr['recall']:.3f} | {pr['p50_ms']:.1f} / {pr['p99_ms']:.1f} |"
