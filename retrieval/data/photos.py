@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+T = TypeVar("T")  # one write task
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "diamond")
 PATTERNS = ("solid", "stripes", "dots", "checks")
@@ -95,15 +99,9 @@ def write_photos(
     labels = [photo_labels(i, seed, ext) for i in range(count)]
     for folder in sorted({Path(p.path).parent for p in labels}):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    workers = workers or len(os.sched_getaffinity(0))
     step = 256  # photos per task
     tasks = [(str(out), i, min(i + step, count), size, seed, ext) for i in range(0, count, step)]
-    if workers == 1 or len(tasks) == 1:
-        for task in tasks:
-            _write_range(task)
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_write_range, tasks))
+    run_tasks(_write_range, tasks, workers)
     manifest = out / MANIFEST
     tmp = manifest.with_suffix(".csv.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as file:
@@ -204,3 +202,15 @@ def _pattern(
     assert pattern == "dots", pattern
     du, dv = u - np.round(u), v - np.round(v)
     return (du**2 + dv**2 < 0.3**2).astype(np.float32)
+
+
+def run_tasks(write: Callable[[T], None], tasks: list[T], workers: int | None) -> None:
+    """`write` each task: here for one worker or one task, else over `workers` processes (all
+    the CPUs this process may use by default)."""
+    workers = workers or len(os.sched_getaffinity(0))
+    if workers == 1 or len(tasks) == 1:
+        for task in tasks:
+            write(task)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(write, tasks))

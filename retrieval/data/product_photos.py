@@ -14,15 +14,22 @@ The folder has no `train/` and `test/` folders: `coins train --dataset folder --
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .photos import JPEG_QUALITY, PATTERNS, SHAPES, _background, _pattern, _rng, _shape_mask
+from .photos import (
+    JPEG_QUALITY,
+    PATTERNS,
+    SHAPES,
+    _background,
+    _pattern,
+    _rng,
+    _shape_mask,
+    run_tasks,
+)
 
 
 @dataclass(frozen=True)
@@ -116,13 +123,7 @@ def write_product_photos(
         (str(out), i, min(i + step, count), products, coarse, sizes, seed)
         for i in range(0, count, step)
     ]
-    workers = workers or len(os.sched_getaffinity(0))
-    if workers == 1 or len(tasks) == 1:
-        for task in tasks:
-            _write_range(task)
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_write_range, tasks))
+    run_tasks(_write_range, tasks, workers)
     return out
 
 

@@ -172,9 +172,11 @@ def _search_query(
     state: ServiceState, metrics: ServiceMetrics, query: SearchQuery
 ) -> list[list[dict[str, Any]]]:
     _, index = loaded(state)
-    allowed_ids(state, query.filter)  # first: a bad filter is a cheap 422 (its ids are kept)
     exclude = None
     if query.ids is not None:
+        # a bad filter is a 422 before any id's 404; a vector query needs no early check: its
+        # search selects the filter's ids before anything else and answers 422 the same way
+        allowed_ids(state, query.filter)
         exclude = np.asarray(query.ids, dtype=np.int64)
         xq = stored_vectors(state, query.ids)
     else:
