@@ -92,8 +92,9 @@ PRETRAINED_PHOTOS = Preset(
     "pretrained-photos",
     "photos from pretrained weights (chosen by --pretrained): the weights' architecture (a coins "
     "file names it; else model.backbone, ResNet-18 by default) and preprocessing, a gentle "
-    "fine-tune (backbone lr x0.1, BatchNorm frozen, 1 head-only epoch), "
-    "input size and epochs fitted to 12 minutes of the machine it runs on",
+    "fine-tune (backbone lr x0.1, BatchNorm frozen, 1 head-only epoch), frozen stages (the "
+    "stem and up to 2 first stages), input size and epochs fitted to 12 minutes of the "
+    "machine it runs on",
     EmbedderConfig(preprocess=IMAGENET),  # the weights' own input size and statistics replace it
     {
         "epochs": 10,
@@ -109,8 +110,10 @@ PRETRAINED_PHOTOS = Preset(
         "head_warmup_epochs": 1,
         "augment": {"crop_scale": [0.35, 1.0]},
         # [design] a first run answers within 12 minutes on the machine it runs on, whatever
-        # the gallery's size: input size and epochs are fitted after timing a few steps there
-        # (train/budget.py); --time-budget-min 0 trains the epochs above at the weights' size
+        # the gallery's size: frozen stages (freeze_stages, at the weights' input size first),
+        # then input size and epochs are fitted after timing a few steps there
+        # (train/budget.py); --time-budget-min 0 trains the epochs above at the weights' size,
+        # nothing frozen
         "time_budget_min": 12.0,
     },
 )

@@ -7,9 +7,14 @@ Two steps, each printed with its reason (stderr), each leaving alone what the us
    get one step per epoch and a queue longer than itself).
 2. With `time_budget_min` > 0 (`coins train`, `load_config(budget=True)`), a few training
    steps and evaluation batches are timed on this machine, at the model's input size, and the
-   run is fitted into the budget: the input size
-   steps down (224, 192, 160, 128, 112) while fewer than `MIN_FIT_EPOCHS` training epochs would
-   fit, then the epochs are as many as fit (at most the recipe's). The budget is the whole
+   run is fitted into the budget. From pretrained weights (`model.pretrained`), while fewer
+   than `MIN_FIT_EPOCHS` training epochs would fit, the backbone's stem and first stages are
+   frozen first (`freeze_stages` 1, then 2: `FREEZE_MOST`; the last stage always trains),
+   each level timed here, at the weights' own input size: their early stages are generic
+   features, and a frozen stage costs no backward pass. Then the input size steps down
+   (224, 192, 160, 128, 112) with the most frozen, and the epochs are as many as fit (at most
+   the recipe's). A run from scratch never freezes (random early stages are no features to
+   keep), nor does one whose `freeze_stages` the user set. The budget is the whole
    run's, counted from the process's start; the estimate counts the training steps, their
    augmentation, decoding the gallery once and the evaluations (the untrained one, the final
    one with its selection score, and any `eval_every`), and plans 90 % of what is left.
@@ -39,7 +44,15 @@ SIZES = (224, 192, 160, 128, 112)  # input sizes the budget may step down to, la
 MIN_FIT_EPOCHS = 3  # training epochs below which a smaller input size is tried
 EVAL_PASSES = 5  # forward passes over the eval split: untrained, final, two selection views, test
 MARGIN = 0.9  # the share of the budget planned: start-up, checkpoints and a busy machine
-FITTED_KEYS = ("epochs", "batch_size", "K", "max_steps", "model.preprocess.input_size")
+FREEZE_MOST = 2  # [design] stages (and the stem) a budget freezes at most, of pretrained weights
+FITTED_KEYS = (
+    "epochs",
+    "batch_size",
+    "K",
+    "max_steps",
+    "freeze_stages",
+    "model.preprocess.input_size",
+)
 
 
 def say(line: str) -> None:
@@ -76,7 +89,7 @@ def _train_split(options: dict[str, Any]) -> Any:
 
 
 def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[str, Any]:
-    """The input size and epochs that fit `time_budget_min` minutes on this machine."""
+    """The input size, frozen stages and epochs that fit `time_budget_min` minutes here."""
     from ..retrieval.data.images import FileDataset
 
     start = time.perf_counter()
@@ -89,26 +102,26 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
     yours = bool(fixed & {"model.preprocess.input_size", "model.preprocess"})
     if not yours:
         sizes += [s for s in SIZES if s < size]
+    levels, no_freeze = _freeze_levels(options, fixed)
     files = train.base if hasattr(train, "base") else train
     decode_s = timing["decode_s"] * (n + n_eval) if isinstance(files, FileDataset) else 0.0
-    chosen, epochs, epoch_s, eval_s = size, 0, 0.0, 0.0
-    for s in sizes:
-        scale = (s / size) ** 2  # a convolution's cost follows the pixels
-        steps = n // int(options["batch_size"])
-        # loader workers augment beside the steps, sharing the cores: half their time counted
-        overlap = 2 if int(options.get("num_workers", 0) or 0) else 1
-        epoch_s = steps * timing["step_s"] * scale + n * timing["augment_s"] * scale / overlap
-        evals = EVAL_PASSES + _extra_evals(options)
-        eval_s = evals * n_eval * timing["forward_s"] * scale
-        left = budget_s - (time.perf_counter() - start) - decode_s - eval_s
-        epochs = max(int(left // epoch_s), 0)
-        chosen = s
-        if epochs >= MIN_FIT_EPOCHS + int(options.get("head_warmup_epochs", 0) or 0):
+    warm = int(options.get("head_warmup_epochs", 0) or 0)
+    # the weights' input size with more stages frozen first (pretrained early stages are
+    # generic), then smaller inputs with the most frozen
+    tried = [(size, k) for k in levels] + [(s, levels[-1]) for s in sizes[1:]]
+    timed = {levels[0]: timing}
+    for chosen, frozen in tried:
+        if frozen not in timed:  # timed only when needed: each costs a few steps
+            timed[frozen] = _time_steps({**options, "freeze_stages": frozen}, train, size)
+        left = budget_s - (time.perf_counter() - start) - decode_s
+        step_s = timed[frozen]["step_s"]
+        epochs, epoch_s, eval_s = _plan(options, n, n_eval, step_s, timing, chosen / size, left)
+        if epochs >= MIN_FIT_EPOCHS + warm:
             break
     out = json.loads(json.dumps(options))  # a deep copy of plain data
     out["model"]["preprocess"]["input_size"] = chosen
+    out["freeze_stages"] = frozen
     most = int(options.get("epochs", 100))
-    warm = int(options.get("head_warmup_epochs", 0) or 0)
     dropped = ""
     if warm and epochs < warm + 2 and not fixed & {"head_warmup_epochs", "epochs"}:
         # the head-only epochs would leave the backbone under two epochs, or none: the
@@ -140,7 +153,8 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
         f"time budget {options['time_budget_min']:g} min on this machine (timed here: "
         f"{timing['images_per_s']:.1f} training images/s at {size} px): input {chosen} px"
         f"{' (yours)' if yours else ''}{down}, "
-        f"{out['epochs']} epoch{'s' * (out['epochs'] != 1)} of {n} images{cut} "
+        + _frozen_words(levels, timed, frozen, no_freeze)
+        + f"{out['epochs']} epoch{'s' * (out['epochs'] != 1)} of {n} images{cut} "
         f"({epoch_s:.0f} s an epoch), evaluations {eval_s:.0f} s, decoding {decode_s:.0f} s: "
         f"about {planned:.1f} min planned"
         + (f" (the recipe's {most} epochs fit)" if fitted == most else "")
@@ -153,6 +167,74 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
             "Raise --time-budget-min (0: no budget), or train on a faster machine"
         )
     return out
+
+
+def _plan(
+    options: dict[str, Any],
+    n: int,
+    n_eval: int,
+    step_s: float,
+    timing: dict[str, float],
+    ratio: float,
+    left: float,
+) -> tuple[int, float, float]:
+    """(epochs that fit in `left` s, seconds an epoch, seconds of the evaluations) at an input
+    `ratio` times the timed one's side, with a step of `step_s` s at the timed size."""
+    scale = ratio**2  # a convolution's cost follows the pixels
+    steps = n // int(options["batch_size"])
+    # loader workers augment beside the steps, sharing the cores: half their time counted
+    overlap = 2 if int(options.get("num_workers", 0) or 0) else 1
+    epoch_s = steps * step_s * scale + n * timing["augment_s"] * scale / overlap
+    evals = EVAL_PASSES + _extra_evals(options)
+    eval_s = evals * n_eval * timing["forward_s"] * scale
+    return max(int((left - eval_s) // epoch_s), 0), epoch_s, eval_s
+
+
+def _freeze_levels(options: dict[str, Any], fixed: set[str]) -> tuple[list[int], str]:
+    """The `freeze_stages` a budget may try, fewest first, and why it may try no other: yours,
+    a run from scratch (random early stages are no features to keep), or a backbone whose
+    stages timm does not name."""
+    own = int(options.get("freeze_stages", 0) or 0)
+    if "freeze_stages" in fixed:
+        return [own], "yours"
+    if not options["model"].get("pretrained"):
+        return [own], "from scratch"
+    from ..retrieval.configs import EmbedderConfig
+    from ..retrieval.models import create_backbone
+    from .stages import stage_count
+
+    plain = {**options["model"], "pretrained": None, "weights": None}  # the architecture
+    try:
+        stages = stage_count(create_backbone(EmbedderConfig.from_dict(plain)))
+    except ValueError as e:
+        return [own], str(e)
+    most = min(FREEZE_MOST, stages - 1)  # the last stage trains
+    if most <= own:
+        return [own], f"{stages} stage{'s' * (stages != 1)}: the last one trains"
+    return list(range(own, most + 1)), ""
+
+
+def _frozen_words(
+    levels: list[int],
+    timed: dict[int, dict[str, float]],
+    frozen: int,
+    no_freeze: str,
+) -> str:
+    """The frozen stages chosen, and why; nothing for a run from scratch left as it was."""
+    from .stages import describe
+
+    if no_freeze == "from scratch":
+        return f"{describe(frozen)}, " if frozen else ""
+    if no_freeze:
+        return f"{describe(frozen)} ({no_freeze}), "
+    first = levels[0]
+    if frozen == first:
+        return f"{describe(frozen)} ({MIN_FIT_EPOCHS} epochs fit {'so' if first else 'unfrozen'}), "
+    against = "unfrozen" if first == 0 else f"with {describe(first)}"
+    rate, base = timed[frozen]["images_per_s"], timed[first]["images_per_s"]
+    return (
+        f"{describe(frozen)} (timed: {rate:.1f} training images/s against {base:.1f} {against}), "
+    )
 
 
 def run_deadline(budget_min: float) -> float:
@@ -199,8 +281,9 @@ def _extra_evals(options: dict[str, Any]) -> int:
 
 
 def _time_steps(options: dict[str, Any], train: Any, size: int) -> dict[str, float]:
-    """Seconds per training step (forward and backward of a batch), per augmented image, per
-    evaluated image and per decoded file, measured here at input `size`."""
+    """Seconds per training step (forward and backward of a batch, with the options'
+    `freeze_stages` frozen), per augmented image, per evaluated image and per decoded file,
+    measured here at input `size`."""
     import numpy as np
     import torch
 

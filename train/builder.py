@@ -28,6 +28,7 @@ from .methods import METHODS
 from .proxies import InstanceProxies
 from .queue import KeyQueue
 from .shuffle_bn import grouped_forward, shuffled_forward
+from .stages import freeze, frozen_stages, keep_eval
 
 
 class CoInsModel(nn.Module):
@@ -48,6 +49,9 @@ class CoInsModel(nn.Module):
         if cfg.freeze_bn:  # before the key encoder copies it: frozen in both
             for bn in _batch_norms(self.encoder_q.backbone):
                 bn.requires_grad_(False)
+        # the stem and first stages (freeze_stages): frozen in both encoders, for the whole run
+        self.frozen = frozen_stages(self.encoder_q.backbone, cfg.freeze_stages)
+        freeze(self.encoder_q.backbone, self.frozen)
         self.backbone_frozen = False  # head warm-up: set by the loop per epoch (`freeze_backbone`)
         dim = cfg.model.head_dim
         self.classifier = (
@@ -76,12 +80,18 @@ class CoInsModel(nn.Module):
             )
 
     def train(self, mode: bool = True) -> CoInsModel:
-        """Train mode, except the backbones' BatchNorm while frozen (freeze_bn, head warm-up):
-        it normalises with the statistics it has and updates none."""
+        """Train mode, except the backbones' BatchNorm while frozen (freeze_bn, head warm-up)
+        and the frozen stages (freeze_stages): they normalise with the statistics they have
+        and update none."""
         super().train(mode)
-        if mode and (self.cfg.freeze_bn or self.backbone_frozen):
-            for encoder in (self.encoder_q, self.encoder_k):
-                for bn in _batch_norms(encoder.backbone if encoder is not None else None):
+        if not mode:
+            return self
+        for encoder in (self.encoder_q, self.encoder_k):
+            if encoder is None:
+                continue
+            keep_eval(encoder.backbone, self.frozen)
+            if self.cfg.freeze_bn or self.backbone_frozen:
+                for bn in _batch_norms(encoder.backbone):
                     bn.eval()
         return self
 
@@ -93,14 +103,18 @@ class CoInsModel(nn.Module):
         if set_grad:
             for name, p in self.encoder_q.backbone.named_parameters():
                 bn_frozen = self.cfg.freeze_bn and _in_batch_norm(self.encoder_q.backbone, name)
-                p.requires_grad_(not frozen and not bn_frozen)
+                stage_frozen = name in self.frozen.params  # frozen for the whole run
+                p.requires_grad_(not frozen and not bn_frozen and not stage_frozen)
         self.train(self.training)
 
     @torch.no_grad()
     def _momentum_update_key_encoder(self) -> None:
         assert self.encoder_k is not None
         m = self.cfg.m
-        for p_k, p_q in zip(self.encoder_k.parameters(), self.encoder_q.parameters(), strict=True):
+        pairs = zip(self.encoder_k.named_parameters(), self.encoder_q.parameters(), strict=True)
+        for (name, p_k), p_q in pairs:
+            if name.startswith("backbone.") and name[len("backbone.") :] in self.frozen.params:
+                continue  # equal to the query's from the start: m p + (1 - m) p could round
             p_k.mul_(m).add_(p_q.detach(), alpha=1 - m)
 
     def forward(

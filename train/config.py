@@ -57,6 +57,9 @@ class TrainConfig:
     backbone_lr_mult: float = 1.0  # the backbone learns at lr times this (1: as the rest)
     freeze_bn: bool = False  # the backbone's BatchNorm keeps its statistics and affine weights
     head_warmup_epochs: int = 0  # first epochs train head and classifier only (backbone frozen)
+    # the backbone's stem and first N stages keep their weights and BatchNorm statistics for the
+    # whole run, and backward stops above them; a time budget chooses it for pretrained weights
+    freeze_stages: int = 0
     # MoCo machinery
     K: int = 4096  # queue size; K % (batch_size * world_size) == 0
     m: float = 0.99  # key-encoder momentum
@@ -145,6 +148,11 @@ class TrainConfig:
             raise ValueError(f"select_by {self.select_by!r}: expected auto, view or fine")
         if self.backbone_lr_mult < 0:
             raise ValueError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if self.freeze_stages < 0:
+            raise ValueError(
+                f"freeze_stages must be >= 0 (0: none; N: the stem and stages 1..N), got "
+                f"{self.freeze_stages}"
+            )
         if not 0 <= self.head_warmup_epochs < max(self.epochs, 1):
             raise ValueError(
                 f"head_warmup_epochs must be in [0, epochs={self.epochs}), got "

@@ -133,6 +133,69 @@ def test_the_timing_runs_here(gallery: Path) -> None:
     timing = budget._time_steps(options, budget._train_split(options), 32)
     assert set(timing) == {"step_s", "forward_s", "decode_s", "augment_s", "images_per_s"}
     assert timing["step_s"] > 0 and timing["forward_s"] > 0 and timing["decode_s"] > 0
+    frozen = budget._time_steps({**options, "freeze_stages": 2}, budget._train_split(options), 32)
+    assert frozen["step_s"] > 0
+
+
+def _timing_by_frozen(step_s: dict[int, float], calls: list[int]) -> Any:
+    """`step_s[k]` seconds a step with `freeze_stages` k, at the timed size; `calls` collects
+    the levels timed."""
+
+    def timed(options: dict[str, Any], train: Any, size: int) -> dict[str, float]:
+        k = int(options.get("freeze_stages", 0))
+        calls.append(k)
+        zero = {"forward_s": 0.0, "decode_s": 0.0, "augment_s": 0.0}
+        return {"step_s": step_s[k], **zero, "images_per_s": 16 / step_s[k]}
+
+    return timed
+
+
+def test_pretrained_weights_freeze_stages_before_the_input_size_steps_down(
+    gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = _options(gallery, time_budget_min=1.0)  # rgb-32's narrow ResNet-18: 4 stages
+    options["model"]["preprocess"]["input_size"] = 224
+    train = budget._train_split(options)  # 96 images: 6 steps of 16 an epoch
+    calls: list[int] = []
+    # 60 s an epoch unfrozen, 36 s with the stem and stage 1 frozen, 12 s with stages 1-2: of
+    # 54 s planned, 3 epochs fit only with two stages frozen
+    monkeypatch.setattr(budget, "_time_steps", _timing_by_frozen({0: 10, 1: 6, 2: 2}, calls))
+    fitted = budget.fit_to_budget(options, train, fixed=set())  # from scratch: never frozen
+    assert fitted["freeze_stages"] == 0 and fitted["model"]["preprocess"]["input_size"] == 112
+    assert calls == [0] and "frozen" not in capsys.readouterr().err
+    options["model"]["pretrained"] = "resnet18.a1_in1k"  # only the name is read: no download
+    fitted = budget.fit_to_budget(options, train, fixed=set())
+    assert fitted["freeze_stages"] == 2 and fitted["model"]["preprocess"]["input_size"] == 224
+    assert fitted["epochs"] == 4 and calls == [0, 0, 1, 2]
+    err = capsys.readouterr().err
+    said = "stem and stages 1-2 frozen (timed: 8.0 training images/s against 1.6 unfrozen)"
+    assert f"input 224 px, {said}, 4 epochs" in err
+    # freezing two stages is not enough: then the input size steps down, two stages frozen
+    # (16, 12, 8 s a step at 224 px; 8 s at 128 px is 2.6 s: 15.7 s an epoch, 3 fit)
+    calls.clear()
+    monkeypatch.setattr(budget, "_time_steps", _timing_by_frozen({0: 16, 1: 12, 2: 8}, calls))
+    fitted = budget.fit_to_budget(options, train, fixed=set())
+    assert fitted["freeze_stages"] == 2 and fitted["model"]["preprocess"]["input_size"] == 128
+    assert fitted["epochs"] == 3 and calls == [0, 1, 2]  # each level timed once, at 224 px
+    # time to spare: nothing frozen, and said so
+    monkeypatch.setattr(budget, "_time_steps", _timing_by_frozen({0: 0.8}, calls))
+    fitted = budget.fit_to_budget(options, train, fixed=set())
+    assert fitted["freeze_stages"] == 0 and fitted["model"]["preprocess"]["input_size"] == 224
+    assert "input 224 px, no stage frozen (3 epochs fit unfrozen)" in capsys.readouterr().err
+
+
+def test_the_users_frozen_stages_stay(
+    gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = _options(gallery, time_budget_min=1.0, freeze_stages=1)
+    options["model"]["preprocess"]["input_size"] = 224
+    options["model"]["pretrained"] = "resnet18.a1_in1k"
+    calls: list[int] = []
+    monkeypatch.setattr(budget, "_time_steps", _timing_by_frozen({1: 6.0}, calls))
+    fitted = budget.fit_to_budget(options, budget._train_split(options), fixed={"freeze_stages"})
+    assert fitted["freeze_stages"] == 1 and calls == [1]  # timed as set, the input size cut
+    assert fitted["model"]["preprocess"]["input_size"] == 128
+    assert "stem and stage 1 frozen (yours)" in capsys.readouterr().err
 
 
 def test_resume_keeps_what_was_fitted(tmp_path: Path) -> None:
@@ -144,6 +207,7 @@ def test_resume_keeps_what_was_fitted(tmp_path: Path) -> None:
         "batch_size": 32,
         "K": 512,
         "max_steps": 0,
+        "freeze_stages": 0,
         "model.preprocess.input_size": 32,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -119,3 +120,74 @@ def test_the_command_prints_the_untrained_and_the_trained_rows(
     assert refused.exit_code == 2 and "expected one source of initial weights" in refused.output
     neither = CliRunner().invoke(app, ["export", "-o", str(tmp_path / "m.onnx")])
     assert neither.exit_code == 2 and "CHECKPOINT or --pretrained" in neither.output
+
+
+FROZEN = ("conv1.", "bn1.", "layer1.", "layer2.")  # the stem and stages 1-2 of a ResNet
+
+
+def test_frozen_stages_get_no_gradient_and_keep_their_weights_and_statistics() -> None:
+    from coins.train.builder import CoInsModel
+    from coins.train.loop import _optimizer
+
+    cfg = tiny_config(freeze_stages=2, weight_decay=0.1)  # a decay would move any param it saw
+    torch.manual_seed(0)
+    model = CoInsModel(cfg, 4, torch.arange(64) % 4).train()
+    backbone = model.encoder_q.backbone
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    frozen = [n for n, _ in backbone.named_parameters() if n.startswith(FROZEN)]
+    assert frozen and sorted(frozen) == sorted(model.frozen.params)
+    opt = _optimizer(cfg, model)
+    in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert not in_opt & {id(backbone.get_parameter(n)) for n in frozen}
+    kept: dict[str, bool] = {}  # does the stage's output carry a graph?
+
+    def watch(stage: str) -> Any:
+        def hook(module: torch.nn.Module, inputs: Any, out: torch.Tensor) -> None:
+            kept[stage] = out.requires_grad
+
+        return hook
+
+    for stage in ("layer2", "layer3"):
+        backbone.get_submodule(stage).register_forward_hook(watch(stage))
+    x = torch.randn(16, 3, 16, 16)
+    loss, _ = model(x, x.flip(3), torch.arange(16) % 4, torch.arange(16) % 8, torch.arange(16),
+                    torch.Generator().manual_seed(0))  # fmt: skip
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    assert kept == {"layer2": False, "layer3": True}  # backward stops above stage 2
+    assert all(backbone.get_parameter(n).grad is None for n in frozen)
+    after = backbone.state_dict()
+    same = {k for k in before if torch.equal(before[k], after[k])}
+    assert {k for k in before if k.startswith(FROZEN)} <= same  # BatchNorm statistics too
+    assert "layer3.0.bn1.running_mean" not in same and "layer3.0.conv1.weight" not in same
+    assert model.encoder_k is not None  # the key encoder: the same frozen stages, exactly
+    key = model.encoder_k.backbone.state_dict()
+    assert all(torch.equal(key[k], after[k]) for k in before if k.startswith(FROZEN))
+
+
+def test_freezing_more_stages_than_the_backbone_has_is_refused() -> None:
+    from coins.train.builder import CoInsModel
+
+    with pytest.raises(ValueError, match=r"freeze_stages 5: ResNet has a stem and 4 stages"):
+        CoInsModel(tiny_config(freeze_stages=5), 4, torch.arange(64) % 4)
+    with pytest.raises(ValueError, match="freeze_stages must be >= 0"):
+        tiny_config(freeze_stages=-1)
+
+
+def test_frozen_stages_stay_through_the_head_warm_up(weights: Path, tmp_path: Path) -> None:
+    """After the head-only epoch the backbone learns again, its frozen stages not: in both
+    encoders, the checkpoint and the key encoder of the training state."""
+    from safetensors.torch import load_file
+
+    start = load_file(str(weights))
+    cfg = finetune(weights, freeze_stages=2, head_warmup_epochs=1, epochs=2)
+    train(cfg, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["train_config"]["freeze_stages"] == 2
+    for prefix, tensors in (("backbone.", state["model"]), ("encoder_k.backbone.", None)):
+        tensors = tensors or state["train_state"]["model"]
+        after = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        assert all(torch.equal(after[k], v) for k, v in start.items() if k.startswith(FROZEN))
+    moved = {k: v for k, v in start.items() if k.startswith("layer3.")}
+    assert not all(torch.equal(state["model"][f"backbone.{k}"], v) for k, v in moved.items())
