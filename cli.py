@@ -103,6 +103,10 @@ THREADS = typer.Option(None, help="ONNX Runtime threads.")
 STRICT = typer.Option(False, help="Fail on an undecodable image.")
 K = typer.Option(10, "-k", help="Neighbours per query.")
 JSON = typer.Option(False, "--json", help="Print JSON.")
+# a gallery without splits, cut as `coins train --test-fraction F --split-by B --seed S` cut it
+TEST_FRACTION = typer.Option(0.0, help="Cut a gallery without splits as coins train did.")
+SPLIT_BY = typer.Option("item", help="item or fine: how --test-fraction cuts.")
+SPLIT_SEED = typer.Option(0, help="Seed of the --test-fraction cut: the run's --seed.")
 
 
 def _options(pairs: list[str] | None) -> dict[str, Any] | None:
@@ -148,9 +152,19 @@ def eval_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="Write the metrics here."),
     index: Path | None = typer.Option(None, help="Index directory: its gallery, by --model."),
     model: Path | None = typer.Option(None, help="ONNX model of --index."),
+    test_fraction: float | None = typer.Option(
+        None, help="Cut as coins train did (default: the checkpoint's own cut; 0: none)."
+    ),
+    split_by: str | None = typer.Option(None, help="item or fine (default: the checkpoint's)."),
+    split_seed: int | None = typer.Option(
+        None, help="Seed of the cut (default: the checkpoint's --seed, else --seed)."
+    ),
 ) -> None:
     """Recall@1/2/4/8, MAP@R and kNN accuracy on fine and coarse labels (of a checkpoint on a
-    data set split, or with --index and --model through the ONNX model and FAISS index)."""
+    data set split, or with --index and --model through the ONNX model and FAISS index).
+
+    A checkpoint trained with --test-fraction on the --dataset and --root given is evaluated
+    on the test images its run held out (said on stderr)."""
     import yaml
 
     from coins.retrieval.configs import EmbedderConfig
@@ -161,14 +175,17 @@ def eval_cmd(
 
         if index is None or model is None or checkpoint is not None:
             raise ValueError("--index and --model go together, without a checkpoint")
+        if test_fraction is not None:
+            raise ValueError("--test-fraction cuts --dataset; --index evaluates its own gallery")
         metrics = evaluate_index(index, model, json_path=json_out)
     else:
         config = yaml.safe_load(model_config.read_text()) if model_config else None
         metrics = evaluate_model_on(
-            dataset, split=split, checkpoint=checkpoint, root=root, options=_options(option) or {},
+            dataset, split=split, checkpoint=checkpoint, root=root, options=_options(option),
             model_config=EmbedderConfig.from_dict(config) if config is not None else None,
             which=which, batch_size=batch_size, device=device,  # type: ignore[arg-type]
-            seed=seed, json_path=json_out,
+            seed=seed, json_path=json_out, test_fraction=test_fraction, split_by=split_by,
+            split_seed=split_seed,
         )  # fmt: skip
     typer.echo(format_table(metrics))
     if json_out is not None:
@@ -391,6 +408,9 @@ def embed_cmd(
     option: list[str] | None = OPTION,
     images: Path | None = IMAGES,
     manifest: Path | None = MANIFEST,
+    test_fraction: float = TEST_FRACTION,
+    split_by: str = SPLIT_BY,
+    split_seed: int = SPLIT_SEED,
     nproc: int = typer.Option(1, help="Local processes (torchrun --standalone when > 1)."),
     chunk_size: int = typer.Option(4096, help="Items per chunk: the unit of memory and resume."),
     batch_size: int = BATCH,
@@ -402,13 +422,17 @@ def embed_cmd(
     """Embed a gallery into OUT as a resumable job: a re-run skips the finished chunks.
 
     Under torchrun (RANK, WORLD_SIZE set) each process embeds chunks c % WORLD_SIZE == RANK:
-    on several machines, run this command through torchrun --nnodes N --node_rank R."""
+    on several machines, run this command through torchrun --nnodes N --node_rank R.
+
+    The photos a run of coins train --test-fraction F --seed S held out: --split test
+    --test-fraction F --split-seed S (and its --split-by)."""
     from coins.retrieval.embed_job import EmbedJob, Rank, embed_job, launch_embed_job
 
     if verify not in ("fast", "full"):
         raise typer.BadParameter(f"expected fast or full, got {verify!r}", param_hint="--verify")
     job = EmbedJob(
         model, out, dataset, split, root, _options(option) or {}, images, manifest,
+        test_fraction=test_fraction, split_by=split_by, split_seed=split_seed,
         chunk_size=chunk_size, batch_size=batch_size, workers=workers, threads=threads,
         strict=strict, verify=verify,  # type: ignore[arg-type]
     )  # fmt: skip

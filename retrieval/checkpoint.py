@@ -137,7 +137,14 @@ def _last_line(error: Exception) -> str:
 
 def load_embedder(path: str | Path) -> Embedder:
     """Rebuild the embedder stored in a checkpoint, in eval mode on the CPU."""
-    state = load_checkpoint(path, require=("model_config", "model"))
+    return embedder_from_state(load_checkpoint(path, require=("model_config", "model")), path)
+
+
+def embedder_from_state(state: dict[str, Any], path: str | Path) -> Embedder:
+    """The embedder of a checkpoint already read (`load_checkpoint` of `path`)."""
+    missing = [key for key in ("model_config", "model") if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path}: missing {', '.join(missing)}")
     # The trained weights replace any initial backbone weights: don't require that file here,
     # but keep the config that names it (exports and indexes record where training started).
     saved = EmbedderConfig.from_dict(state["model_config"])
@@ -165,4 +172,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path) -> None:
     load_checkpoint(dst)  # proof that the converted file loads safely
 
 
-__all__ = ["convert_checkpoint", "load_checkpoint", "load_embedder", "save_checkpoint"]
+__all__ = [
+    "convert_checkpoint",
+    "embedder_from_state",
+    "load_checkpoint",
+    "load_embedder",
+    "save_checkpoint",
+]

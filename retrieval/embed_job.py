@@ -56,6 +56,10 @@ class EmbedJob:
     options: dict[str, Any] = field(default_factory=dict)
     images: Path | None = None
     manifest: Path | None = None
+    # a source without splits cut as `coins train --test-fraction` cuts it (gallery_source)
+    test_fraction: float = 0.0  # 0: the source as it is
+    split_by: str = "item"  # item or fine
+    split_seed: int = 0  # the training run's --seed
     chunk_size: int = 4096  # gallery positions per chunk: the unit of memory, resume and work
     batch_size: int = 64  # images per ONNX Runtime call
     workers: int | None = None  # DataLoader workers per process (None: cores / local processes)
@@ -92,8 +96,9 @@ def embed_job(
     cores = os.cpu_count() or 1
     per_process = max(1, cores // rank.local_world_size)
     gallery = gallery_source(
-        job.dataset, job.split, job.root, job.options or None, job.images, job.manifest
-    )
+        job.dataset, job.split, job.root, job.options or None, job.images, job.manifest,
+        job.test_fraction, job.split_by, job.split_seed,
+    )  # fmt: skip
     model = OnnxEmbedder(job.model, threads=job.threads or per_process)
     manifest = job_manifest(
         model_sha256=model.sha256, dim=model.dim, which=model.which,
@@ -269,6 +274,9 @@ def job_argv(job: EmbedJob, options: Sequence[str] = ()) -> list[str]:
             argv += [flag, str(value)]
     for pair in options:
         argv += ["--option", pair]
+    if job.test_fraction:
+        argv += ["--test-fraction", str(job.test_fraction), "--split-by", job.split_by]
+        argv += ["--split-seed", str(job.split_seed)]
     argv += ["--chunk-size", str(job.chunk_size), "--batch-size", str(job.batch_size)]
     return [*argv, "--verify", job.verify, *(["--strict"] if job.strict else [])]
 

@@ -8,6 +8,7 @@ without fine labels.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from .atomic import write_json
-from .checkpoint import load_embedder
-from .data import RetrievalDataset, TransformedDataset, build_dataset, eval_transform
+from .checkpoint import embedder_from_state, load_checkpoint
+from .data import RetrievalDataset, TransformedDataset, eval_transform
+from .data.split import build_split
 from .metrics import retrieval_metrics
 from .models import Embedder, EmbedderConfig, Which
 from .presets import preset_for_data
@@ -106,20 +108,70 @@ def evaluate_model_on(
     device: str = "cpu",
     seed: int = 0,
     json_path: str | Path | None = None,
+    test_fraction: float | None = None,
+    split_by: str | None = None,
+    split_seed: int | None = None,
 ) -> Metrics:
     """`coins eval`: a checkpoint, or a seeded random embedder, on a data set split.
 
     The random embedder is `model_config`, else that of the data set's preset (for csv and
     folder galleries, of the image kind closest to their first image).
+
+    `test_fraction` > 0 cuts a gallery without splits as `coins train --test-fraction` does
+    (retrieval/data/split.py), `split_by` and `split_seed` by default the checkpoint's (its
+    training `seed` seeded its split), else item and `seed`. Left None, a checkpoint trained on
+    the same data set and root with a test fraction is evaluated on its own run's test split
+    (said on stderr); `options` None takes that run's data set options too.
     """
+    run: dict[str, Any] = {}
     if checkpoint is not None:
-        model = load_embedder(checkpoint)
+        state = load_checkpoint(checkpoint)
+        model = embedder_from_state(state, checkpoint)
+        run = state.get("train_config") or {}
     else:
         config = model_config or preset_for_data(dataset, root, options)[0].model
         torch.manual_seed(seed)
         model = Embedder(config)
-    data = build_dataset(dataset, split=split, root=root, **(options or {}))
+    cut = split_of_run(run, dataset, root, options, test_fraction, split_by, split_seed, seed)
+    data = build_split(dataset, split, root, *cut)
     metrics = evaluate(model, data, which=which, batch_size=batch_size, device=device)
     if json_path is not None:
         write_json(json_path, metrics)
     return metrics
+
+
+def split_of_run(
+    run: dict[str, Any],
+    dataset: str,
+    root: str | Path | None,
+    options: dict[str, Any] | None,
+    test_fraction: float | None,
+    split_by: str | None,
+    split_seed: int | None,
+    seed: int = 0,
+) -> tuple[dict[str, Any], float, str, int]:
+    """(data set options, test fraction, split_by, split seed) to evaluate a model of the
+    training run `run` (its train_config; {} for none) on: those given, else the run's (its
+    `seed` seeded its split), and on the data set and root the run trained on, the test
+    fraction it cut (said on stderr)."""
+    split_by = split_by or run.get("split_by") or "item"
+    if split_seed is None:
+        split_seed = int(run.get("seed", seed))
+    fraction = float(run.get("test_fraction") or 0)
+    same = run.get("dataset") == dataset and _same_root(run.get("root"), root)
+    if test_fraction is None and fraction > 0 and same:
+        test_fraction = fraction
+        options = (run.get("dataset_options") or {}) if options is None else options
+        print(
+            f"coins eval: the checkpoint's own split of {dataset}: test fraction {fraction:g} "
+            f"by {split_by}, seed {split_seed} (its training config; --test-fraction 0: "
+            "the gallery as it is)",
+            file=sys.stderr,
+        )
+    return options or {}, test_fraction or 0.0, split_by, split_seed
+
+
+def _same_root(a: str | Path | None, b: str | Path | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).resolve() == Path(b).resolve()

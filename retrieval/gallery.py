@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data import DatasetError, RetrievalDataset, build_dataset, dataset_splits
+from .data import DatasetError, RetrievalDataset, dataset_splits
 from .data.csv_gallery import OPTIONAL, REQUIRED
+from .data.holdout import HeldOut
 from .data.images import FileDataset, is_image_file, load_image
+from .data.split import build_split
 
 
 @dataclass
@@ -108,6 +110,9 @@ def gallery_source(
     options: dict[str, Any] | None = None,
     images: str | Path | None = None,
     manifest: str | Path | None = None,
+    test_fraction: float = 0.0,
+    split_by: str = "item",
+    split_seed: int = 0,
 ) -> Gallery:
     """The gallery of exactly one of: a data set split (`dataset`, `root`, `options`), a folder
     of `images`, or a CSV `manifest`.
@@ -115,8 +120,12 @@ def gallery_source(
     A folder with subfolders is read as the `folder` data set (`<coarse>/<fine>/<image>`,
     labels from folder names); a folder of image files alone gives unlabelled items with ids
     in sorted file-name order. A manifest is the `csv` data set, with its extra columns kept.
-    `split` may be left out when the source has a single split.
+    `split` may be left out when the source has a single split. `test_fraction` > 0 cuts a
+    labelled source without splits into `train` and `test` as `coins train --test-fraction`
+    does (retrieval/data/split.py; `split_seed` is that run's `--seed`), and `split` names the
+    side; ids stay those of the whole gallery.
     """
+    cut = Cut(test_fraction, split_by, split_seed)
     given = [
         k for k, v in {"dataset": dataset, "images": images, "manifest": manifest}.items() if v
     ]
@@ -126,13 +135,33 @@ def gallery_source(
         )
     if dataset is not None:
         split = _one_split(dataset, split, root)
-        data = build_dataset(dataset, split, root, **(options or {}))
+        data = cut.build(dataset, split, root, options or {})
         source = {"kind": "dataset", "dataset": dataset, "split": split, "root": _str(root)}
-        return from_dataset(data, source | {"options": options or {}})
+        return from_dataset(data, source | {"options": options or {}} | cut.record())
     if images is not None:
-        return _images_gallery(Path(images).resolve(), split)
+        return _images_gallery(Path(images).resolve(), split, cut)
     assert manifest is not None
-    return _manifest_gallery(Path(manifest).resolve(), split)
+    return _manifest_gallery(Path(manifest).resolve(), split, cut)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A test-fraction split of a source without splits (`split_dataset`); 0: none."""
+
+    fraction: float = 0.0
+    split_by: str = "item"
+    seed: int = 0
+
+    def build(
+        self, name: str, split: str, root: str | Path | None, options: dict[str, Any]
+    ) -> RetrievalDataset:
+        return build_split(name, split, root, options, self.fraction, self.split_by, self.seed)
+
+    def record(self) -> dict[str, Any]:
+        """What a gallery's source records of the cut (nothing without one)."""
+        if not self.fraction:
+            return {}
+        return {"test_fraction": self.fraction, "split_by": self.split_by, "split_seed": self.seed}
 
 
 def from_dataset(
@@ -143,10 +172,11 @@ def from_dataset(
 ) -> Gallery:
     """A gallery of every item of `data`, in order: ids by path hash relative to `root` when
     given (files without ids of their own), else the data set's ids."""
-    paths = [p.resolve() for p in data.paths] if isinstance(data, FileDataset) else None
+    files = file_paths(data)
+    paths = None if files is None else [p.resolve() for p in files]
     if root is not None:
-        assert isinstance(data, FileDataset), "path-hash ids need files"
-        ids, scheme = path_ids(data.paths, root), "path-hash-v1"
+        assert files is not None, "path-hash ids need files"
+        ids, scheme = path_ids(files, root), "path-hash-v1"
     else:
         ids, scheme = data.ids.astype(np.int64), source.get("id_scheme", "dataset")
     return Gallery(
@@ -168,12 +198,13 @@ def metadata_rows(
     coarse and fine class names."""
     ids = data.ids if ids is None else ids
     fine = data.fine_labels
+    files = file_paths(data)
     rows = []
     for i in range(len(data)):
         f = -1 if fine is None else int(fine[i])
         row: dict[str, Any] = {
             "id": int(ids[i]),
-            "path": str(data.paths[i].resolve()) if isinstance(data, FileDataset) else None,
+            "path": None if files is None else str(files[i].resolve()),
             "coarse": data.coarse_classes[int(data.coarse_labels[i])],
             "fine": data.fine_classes[f] if f >= 0 and data.fine_classes else None,
         }
@@ -181,20 +212,35 @@ def metadata_rows(
     return rows
 
 
-def _images_gallery(folder: Path, split: str | None) -> Gallery:
+def file_paths(data: RetrievalDataset) -> list[Path] | None:
+    """The image file of every item of `data` (files, or a split cut from files), else None."""
+    if isinstance(data, FileDataset):
+        return data.paths
+    if isinstance(data, HeldOut):
+        files = file_paths(data.base)
+        return None if files is None else [files[i] for i in data.indices.tolist()]
+    return None
+
+
+def _images_gallery(folder: Path, split: str | None, cut: Cut) -> Gallery:
     """The `folder` data set where there are subfolders, else the image files themselves."""
     if not any(p.is_dir() and not p.name.startswith(".") for p in _entries(folder)):
+        if cut.fraction:
+            raise DatasetError(f"{folder}: a test fraction needs <coarse>/ folders to cut by")
         return _flat_folder(folder)
     split = _one_split("folder", split, folder)
-    source = {"kind": "images", "root": str(folder), "split": split}
-    return from_dataset(build_dataset("folder", split, folder), source, root=folder)
+    source = {"kind": "images", "root": str(folder), "split": split} | cut.record()
+    return from_dataset(cut.build("folder", split, folder, {}), source, root=folder)
 
 
-def _manifest_gallery(path: Path, split: str | None) -> Gallery:
+def _manifest_gallery(path: Path, split: str | None, cut: Cut) -> Gallery:
     split = _one_split("csv", split, path)
-    data = build_dataset("csv", split, path)
-    header, extras = _manifest_extras(path, split, len(data))
-    source = {"kind": "manifest", "path": str(path), "split": split}
+    data = cut.build("csv", split, path, {})
+    whole = data.base if isinstance(data, HeldOut) else data
+    header, extras = _manifest_extras(path, whole.split, len(whole))
+    if isinstance(data, HeldOut):  # the rows of the side cut
+        extras = [extras[i] for i in data.indices.tolist()]
+    source = {"kind": "manifest", "path": str(path), "split": split} | cut.record()
     if "id" in header:
         return from_dataset(data, source | {"id_scheme": "column"}, extras)
     return from_dataset(data, source, extras, root=path.parent)

@@ -173,3 +173,29 @@ def test_two_torchrun_processes_give_the_vectors_of_one(tiny_onnx, photos, tmp_p
     a, b = read_all(tmp_path / "one"), read_all(tmp_path / "two")
     np.testing.assert_array_equal(a[0], b[0])
     assert np.abs(a[1] - b[1]).max() <= 1e-5
+
+
+def test_cli_embed_takes_the_photos_a_training_run_held_out(tiny_onnx, photos, tmp_path):
+    """`coins train --test-fraction 0.5 --seed 3` held out a side of the folder: `coins embed
+    --split test --test-fraction 0.5 --split-seed 3` embeds those photos, and torchrun's
+    ranks get the same flags."""
+    from coins.retrieval.data.split import build_split
+    from coins.retrieval.embed_job import job_argv
+    from coins.retrieval.gallery import file_paths
+
+    out = tmp_path / "out"
+    cut = ["--split", "test", "--test-fraction", "0.5", "--split-seed", "3"]
+    args = ["embed", str(tiny_onnx), "--images", str(photos), *cut, "--workers", "0"]
+    result = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    held = file_paths(build_split("folder", "test", photos, {}, 0.5, "item", 3)) or []
+    broken = (photos / "shoes/05.png").resolve()  # skipped: undecodable
+    _, _, rows = read_all(out)
+    assert sorted(r["path"] for r in rows) == sorted(
+        str(p.resolve()) for p in held if p.resolve() != broken
+    )
+    again = EmbedJob(tiny_onnx, out, images=photos, split="test", test_fraction=0.5, split_seed=3)
+    argv = job_argv(again)
+    assert argv[argv.index("--test-fraction") :][:6] == [
+        "--test-fraction", "0.5", "--split-by", "item", "--split-seed", "3",
+    ]  # fmt: skip

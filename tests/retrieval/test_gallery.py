@@ -115,6 +115,45 @@ def test_a_hash_collision_is_refused_naming_both_paths(tmp_path, monkeypatch) ->
         path_ids([tmp_path / "a.png", tmp_path / "b.png"], tmp_path)
 
 
+def test_a_test_fraction_gives_the_held_out_side_of_every_source(tmp_path) -> None:
+    """The photos `coins train --test-fraction 0.5 --seed 3` held out, by any of the three
+    sources, with the ids, paths and extra columns of the whole gallery."""
+    from coins.retrieval.data.split import build_split
+    from coins.retrieval.gallery import file_paths
+
+    names = [f"{c}/{f}/{i}.png" for c in ("bags", "shoes") for f in ("a", "b") for i in range(4)]
+    folder = tmp_path / "photos"
+    write_images(folder, names)
+    rows = [
+        f"photos/{n},{n.split('/')[0]},{n.rsplit('/', 1)[0]},sku-{i}" for i, n in enumerate(names)
+    ]
+    (tmp_path / "items.csv").write_text("path,coarse,fine,sku\n" + "\n".join(rows) + "\n")
+
+    def held_out(seed: int) -> list[str]:  # the test side as the run cut it
+        split = build_split("folder", "test", folder, {}, 0.5, "item", seed)
+        return [str(p.resolve()) for p in file_paths(split) or []]
+
+    want = held_out(3)
+    assert len(want) == 8 and want != held_out(0)
+    cut = {"test_fraction": 0.5, "split_by": "item", "split_seed": 3}
+    by_name = gallery_source(dataset="folder", root=folder, split="test", **cut)
+    by_folder = gallery_source(images=folder, split="test", **cut)
+    by_manifest = gallery_source(manifest=tmp_path / "items.csv", split="test", **cut)
+    for gallery in (by_name, by_folder, by_manifest):
+        assert [r["path"] for r in gallery.rows] == want
+        assert {k: gallery.source[k] for k in cut} == cut and gallery.source["split"] == "test"
+    whole = gallery_source(images=folder)  # path-hash ids: the same as in the whole folder
+    ids = dict(zip((r["path"] for r in whole.rows), whole.ids.tolist(), strict=True))
+    assert by_folder.ids.tolist() == [ids[p] for p in want]
+    sku = {str((folder / n).resolve()): f"sku-{i}" for i, n in enumerate(names)}
+    assert [r["sku"] for r in by_manifest.rows] == [sku[p] for p in want]
+    with pytest.raises(ValueError, match="makes the splits train and test, not 'all'"):
+        gallery_source(images=folder, **cut)
+    write_images(tmp_path / "flat", ["a.png", "b.png"])
+    with pytest.raises(DatasetError, match="a test fraction needs <coarse>/ folders"):
+        gallery_source(images=tmp_path / "flat", split="test", **cut)
+
+
 def test_gallery_needs_exactly_one_source(tmp_path) -> None:
     with pytest.raises(ValueError, match="exactly one of dataset, images, manifest"):
         gallery_source(dataset="synthetic-patches", images=tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -80,3 +81,53 @@ def test_the_budget_is_fitted_by_coins_train_only(
     assert timed == [32]  # rgb-32's input size, timed once
     assert cfg.epochs == 13  # 54 s planned / (4 steps of 1 s), at most the recipe's 200
     assert "time budget 1 min" in capsys.readouterr().err
+
+
+def test_eval_of_a_checkpoint_takes_the_test_images_its_run_held_out(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files compared, not the metrics: `coins eval CHECKPOINT --dataset folder --root DIR`
+    embeds the photos that training held out (--test-fraction 0.25 --seed 3) and evaluated."""
+    import coins.retrieval.evaluate as evaluate
+    import coins.train.loop as loop
+    from coins.retrieval.gallery import file_paths
+
+    seen: dict[str, list[list[Path]]] = {"train": [], "eval": []}
+
+    def recording(into: str, embed: Any) -> Any:
+        def embed_dataset(model: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+            seen[into].append(list(file_paths(data) or []))
+            return embed(model, data, *args, **kwargs)
+
+        return embed_dataset
+
+    monkeypatch.setattr(loop, "embed_dataset", recording("train", loop.embed_dataset))
+    monkeypatch.setattr(evaluate, "embed_dataset", recording("eval", evaluate.embed_dataset))
+    out = tmp_path / "run"
+    data = ["--dataset", "folder", "--root", str(photos)]
+    args = ["train", *data, "--test-fraction", "0.25", "--seed", "3", *TINY]
+    result = CliRunner().invoke(app, [*args, "--epochs", "1", "--max-steps", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    held = seen["train"][-1]  # the final evaluation, on the test split
+    assert len(held) == 24 and all(paths == held for paths in seen["train"])
+    ckpt = str(out / "checkpoint.pt")
+    result = CliRunner().invoke(app, ["eval", ckpt, *data])
+    assert result.exit_code == 0, result.output
+    assert seen["eval"][-1] == held
+    said = "the checkpoint's own split of folder: test fraction 0.25 by item, seed 3"
+    assert f"coins eval: {said} (its training config" in result.stderr
+    result = CliRunner().invoke(app, ["eval", ckpt, *data, "--test-fraction", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert seen["eval"][-1] == held  # the fraction given: the checkpoint's seed still
+    # the flags, given, cut another way: seed 0, or the other side
+    result = CliRunner().invoke(app, ["eval", ckpt, *data, "--split-seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert len(seen["eval"][-1]) == 24 and seen["eval"][-1] != held
+    result = CliRunner().invoke(app, ["eval", ckpt, *data, "--split", "train"])
+    assert result.exit_code == 0, result.output
+    assert len(seen["eval"][-1]) == 56 and not set(seen["eval"][-1]) & set(held)
+    result = CliRunner().invoke(
+        app, ["eval", ckpt, *data, "--test-fraction", "0", "--split", "all"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(seen["eval"][-1]) == 80 and "own split" not in result.stderr
