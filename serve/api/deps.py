@@ -68,7 +68,13 @@ def require_admin(
 
 async def in_pool(request: Request, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Run blocking `fn` in the server's search pool (sized by `workers`)."""
-    pool: ThreadPoolExecutor = request.app.state.pool
+    return await run_in_pool(request.app.state.pool, fn, *args, **kwargs)
+
+
+async def run_in_pool(
+    pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object, **kwargs: object
+) -> T:
+    """Run blocking `fn` in `pool`."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
 

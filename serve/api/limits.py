@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coins.serve.api.errors import ApiError, error_response
@@ -114,21 +114,59 @@ async def read_body(request: Request, limit: int, what: str) -> bytes:
     """The body of a route that parses its JSON itself, or 413 as soon as it is known to exceed
     `limit` bytes (allowed for `what`): by its Content-Length before a byte is read, or while a
     chunked body streams in. Nothing larger is ever parsed."""
-
-    def too_large(size: str) -> ApiError:
-        return ApiError(
-            413,
-            f"request body of {size} bytes is more than this server's limit of {limit:,} bytes "
-            f"for {what}",
-        )
-
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise too_large(f"{int(declared):,}")
+        raise too_large(limit, what, f"{int(declared):,}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large(f"at least {size:,}")
+            raise too_large(limit, what, f"at least {size:,}")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def too_large(limit: int, what: str, size: str) -> ApiError:
+    return ApiError(
+        413,
+        f"request body of {size} bytes is more than this server's limit of {limit:,} bytes "
+        f"for {what}",
+    )
+
+
+async def receive_body(
+    receive: Receive,
+    declared: int,
+    limit: int,
+    what: str,
+    idle_timeout: float,
+    deadline: float,
+    total_timeout: float,
+) -> bytes:
+    """`read_body` and `BodyLimits` in one, straight from ASGI's `receive`, for a route
+    answered before the middleware (routes/search.py `SearchEndpoint`): 413 by `declared`
+    (the Content-Length, 0 if none) or as soon as the chunks pass `limit`; 408 after
+    `idle_timeout` s without a chunk or at `deadline` (time.monotonic()); ClientDisconnect
+    when the client leaves."""
+    if declared > limit:
+        raise too_large(limit, what, f"{declared:,}")
+    chunks, size = [], 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BodyTimeout(f"not received within {total_timeout:g} s")
+        try:
+            message = await _within(receive(), min(idle_timeout, left))
+        except TimeoutError:
+            if left > idle_timeout:
+                raise BodyTimeout(f"no data for {idle_timeout:g} s") from None
+            raise BodyTimeout(f"not received within {total_timeout:g} s") from None
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit, what, f"at least {size:,}")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -73,14 +72,45 @@ class ServiceMetrics:
             multiprocess_mode="liveall",
         )
 
-    @contextmanager
-    def time_stage(self, stage: str) -> Iterator[None]:
-        assert stage in STAGES, stage
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stage.labels(stage).observe(time.perf_counter() - start)
+        # labelled children, made once: `labels(...)` checks and locks on every call (~4 us)
+        self._stages = {stage: self.stage.labels(stage) for stage in STAGES}
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def time_stage(self, stage: str) -> StageTimer:
+        """`with metrics.time_stage("search"): ...` observes the block's seconds."""
+        return StageTimer(self._stages[stage])
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, made once per labels."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request: its count, latency and, for status >= 400, the error."""
+        code = str(status)
+        self.child(self.requests, route, method, code).inc()
+        self.child(self.latency, route, method).observe(seconds)
+        if status >= 400:
+            self.child(self.errors, route, code).inc()
+
+
+class StageTimer:
+    """A context manager observing its block's seconds in one stage's histogram (a class:
+    contextlib's generator managers cost ~3 us each on every search)."""
+
+    __slots__ = ("_child", "_start")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._child.observe(time.perf_counter() - self._start)
 
 
 def multiprocess_dir() -> str | None:
@@ -170,8 +200,4 @@ class RequestMetrics:
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
         name = getattr(route, "path", None) or "unmatched"
-        method = scope.get("method", "")
-        self.metrics.requests.labels(name, method, str(status)).inc()
-        self.metrics.latency.labels(name, method).observe(seconds)
-        if status >= 400:
-            self.metrics.errors.labels(name, str(status)).inc()
+        self.metrics.observe_request(name, scope.get("method", ""), status, seconds)

@@ -10,10 +10,12 @@ All functions here are blocking; the routes run them in the server's thread pool
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from coins.serve.api.errors import ApiError
 from coins.serve.api.observability import ServiceMetrics
@@ -40,13 +42,16 @@ def normalise(xq: np.ndarray, dim: int) -> np.ndarray:
         raise ApiError(
             422, f"expected query vectors of dimension {dim}, got shape {list(xq.shape)}"
         )
+    xq = np.asarray(xq, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.linalg.norm(xq, axis=1, keepdims=True)  # [nq, 1]
-    if not np.all(np.isfinite(xq)) or not np.all(np.isfinite(norms)):
+        # a NaN or an infinity anywhere in a row, or a square past float32, makes its norm
+        # NaN or infinite: the norms alone tell (np.linalg.norm also squares in float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", xq, xq))[:, None]  # [nq, 1]
+    if not np.isfinite(norms).all():
         raise ApiError(422, "vectors must be finite: NaN or infinite values (or overflow) found")
-    if np.any(norms == 0):
+    if (norms == 0).any():
         raise ApiError(422, "a query vector is all zeros; cosine similarity is undefined")
-    return np.ascontiguousarray(xq / norms, dtype=np.float32)
+    return np.ascontiguousarray(xq / norms)
 
 
 class SearchCost:
@@ -150,9 +155,12 @@ def neighbor_rows(
     filter: Filter | None = None,
     exclude: np.ndarray | None = None,
     with_metadata: bool = True,
+    metadata_json: bool = False,
 ) -> list[list[dict[str, Any]]]:
     """`knn` as plain dicts of the `Neighbor` schema, for the JSON of /v1/search (orjson
-    writes them without building a model object per neighbour)."""
+    writes them without building a model object per neighbour). With `metadata_json`, each
+    neighbour's metadata is its JSON as the index wrote it (an orjson.Fragment, written into
+    the answer as it is), or the dict where the index cannot write it."""
     index = state.index
     assert index is not None
     nq = len(xq)
@@ -169,7 +177,11 @@ def neighbor_rows(
             except FilterError as err:  # the routes check the filter first (allowed_ids)
                 raise ApiError(422, str(err)) from None
     rows = result_rows(D, I, k, exclude)
-    meta = _metadata(state, metrics, rows) if with_metadata else {}
+    meta: dict[int, Any] = {}
+    if with_metadata and metadata_json:
+        meta = _metadata_json(state, metrics, rows)
+    elif with_metadata:
+        meta = _metadata(state, metrics, rows)
     out = []
     for ids, scores in rows:
         found = ids.tolist()
@@ -186,7 +198,7 @@ def _metadata(
     state: ServiceState, metrics: ServiceMetrics, rows: list[tuple[np.ndarray, np.ndarray]]
 ) -> dict[int, dict[str, Any]]:
     """The metadata of every id in `rows`, in one lookup (ids shared by queries once)."""
-    ids = np.unique(np.concatenate([i for i, _ in rows] or [np.empty(0, np.int64)]))
+    ids = _row_ids(rows)
     if ids.size == 0:
         return {}
     index = state.index
@@ -194,6 +206,31 @@ def _metadata(
     with metrics.time_stage("metadata"), state.lock.read():
         found = index.metadata(ids.astype(np.int64))
     return {i: metadata_dict(i, m) for i, m in zip(ids.tolist(), found, strict=True) if m}
+
+
+def _metadata_json(
+    state: ServiceState, metrics: ServiceMetrics, rows: list[tuple[np.ndarray, np.ndarray]]
+) -> dict[int, Any]:
+    """`_metadata` as orjson Fragments of the JSON the index writes (`metadata_json`); the
+    dicts of `_metadata` where it cannot (a row whose `extra` SQLite does not read as JSON)."""
+    ids = _row_ids(rows)
+    if ids.size == 0:
+        return {}
+    index = state.index
+    assert index is not None
+    try:
+        with metrics.time_stage("metadata"), state.lock.read():
+            found = index.metadata_json(ids)
+    except sqlite3.OperationalError:
+        return _metadata(state, metrics, rows)
+    return {i: orjson.Fragment(m) for i, m in zip(ids.tolist(), found, strict=True) if m}
+
+
+def _row_ids(rows: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The ids of `rows`, each once (int64)."""
+    if len(rows) == 1:  # one query: its ids are distinct already
+        return rows[0][0].astype(np.int64, copy=False)
+    return np.unique(np.concatenate([i for i, _ in rows] or [np.empty(0, np.int64)]))
 
 
 COLUMNS = ("id", "path", "coarse", "fine")  # the metadata store's own columns

@@ -47,6 +47,16 @@ class MetadataDelta:
         both = zip(new, gone, old, strict=True)
         return [n if n is not None else (None if g else o) for n, g, o in both]
 
+    def get_json(self, ids: np.ndarray) -> list[str | None]:
+        """`get` as the API's JSON text of each row (MetadataStore.get_json)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        new = self.added.get_json(ids)
+        with self._mutex:
+            gone = [int(i) in self.deleted for i in ids]
+        old = self.base.get_json(ids)
+        both = zip(new, gone, old, strict=True)
+        return [n if n is not None else (None if g else o) for n, g, o in both]
+
     def ids_where(self, coarse: str | None = None, fine: str | None = None) -> np.ndarray:
         old = self.base.ids_where(coarse=coarse, fine=fine)
         with self._mutex:

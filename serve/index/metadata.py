@@ -36,6 +36,16 @@ CREATE TABLE IF NOT EXISTS items (
 """
 _BATCH = 10_000  # rows per batch of `type_fields`
 _CHUNK = 900  # ids per `IN (...)` query: SQLite allows 999 host parameters by default
+# [design] SQLite's page cache per connection (KiB; its default is 2 MiB): a search's
+# metadata lookups read a few B-tree pages per id at random; a larger cache keeps the hot
+# pages in the process instead of a read() from the OS cache each (48 -> 26 us for 10 ids of
+# 1M rows, measured 2026-12-07). Pages are allocated as they are read, not up front.
+PAGE_CACHE_KIB = 64 * 1024
+# Each row as the JSON the API shows (`ItemMetadata`: search.metadata_dict), written by SQLite:
+# `extra` is JSON text already, and the JSON1 functions copy its numbers' text as written
+_ROW_JSON = (
+    "json_object('id', id, 'path', path, 'coarse', coarse, 'fine', fine, 'extra', json(extra))"
+)
 
 
 class MetadataError(ValueError):
@@ -51,6 +61,7 @@ class MetadataStore:
             raise MetadataError(f"{self.path}: metadata database not found")
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         try:
+            self._db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
             if create:  # a committed file is never changed, not even by CREATE IF NOT EXISTS
                 self._db.execute(_SCHEMA)
             self._db.execute("SELECT id, path, coarse, fine, extra FROM items LIMIT 1")
@@ -113,6 +124,18 @@ class MetadataStore:
             for id_, path, coarse, fine, extra in self._db.execute(query, chunk):
                 found[id_] = {"id": id_, "path": path, "coarse": coarse, "fine": fine}
                 found[id_].update(json.loads(extra))
+        return [found.get(int(i)) for i in np.asarray(ids).ravel()]
+
+    def get_json(self, ids: np.ndarray) -> list[str | None]:
+        """The row of each id as the API's JSON text (`ItemMetadata`), in order; None where an
+        id has none. What `get` reads, without a Python object per field: the search route
+        embeds the text in its answer as it is. sqlite3.OperationalError where SQLite cannot
+        read a row's `extra` as JSON (a NaN that Python's json wrote): use `get`."""
+        found: dict[int, str] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id, {_ROW_JSON} FROM items WHERE id IN ({marks})"
+            found.update(self._db.execute(query, chunk).fetchall())
         return [found.get(int(i)) for i in np.asarray(ids).ravel()]
 
     def ids_where(self, coarse: str | None = None, fine: str | None = None) -> np.ndarray:

@@ -333,6 +333,10 @@ class SearchIndex:
         """The metadata row of each id (None for an id the index does not hold)."""
         return self._store.get(np.asarray(ids, dtype=np.int64))
 
+    def metadata_json(self, ids: np.ndarray) -> list[str | None]:
+        """`metadata` as the API's JSON text of each row (MetadataStore.get_json)."""
+        return self._store.get_json(np.asarray(ids, dtype=np.int64))
+
     def ids_where(
         self, coarse: str | int | None = None, fine: str | int | None = None
     ) -> np.ndarray:

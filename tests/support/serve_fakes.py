@@ -5,6 +5,7 @@ must not depend on a trained model: an exact numpy search is the reference."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,6 +129,12 @@ class FakeIndex:
 
     def metadata(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
         return [self.rows.get(int(i)) for i in ids]
+
+    def metadata_json(self, ids: np.ndarray) -> list[str | None]:
+        from coins.serve.api.search import metadata_dict
+
+        rows = zip(ids, self.metadata(ids), strict=True)
+        return [None if r is None else json.dumps(metadata_dict(int(i), r)) for i, r in rows]
 
     def ids_where(self, coarse: str | None = None, fine: str | None = None) -> np.ndarray:
         keep = [

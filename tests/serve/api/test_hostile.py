@@ -413,6 +413,38 @@ def test_a_stalled_body_is_408(server) -> None:
     sock.close()
 
 
+def test_a_stalled_or_dribbled_search_body_is_408(server) -> None:
+    # /v1/search is answered before the middleware (SearchEndpoint): the same limits apply
+    deadline = time.monotonic() + 10
+    while True:  # the fake model and index load in the background
+        ready = http.client.HTTPConnection(*server, timeout=5)
+        ready.request("GET", "/readyz")
+        up = ready.getresponse().status == 200
+        ready.close()
+        if up:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    head = b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    stalled = socket.create_connection(server)
+    stalled.sendall(head + b'Content-Length: 1000\r\n\r\n{"vectors": [[')
+    reply, seconds = read_until_closed(stalled, 5)
+    assert reply.startswith(b"HTTP/1.1 408") and b"no data for 0.5 s" in reply, reply
+    assert seconds < 3
+    stalled.close()
+    drip = socket.create_connection(server)
+    drip.sendall(head + b"Content-Length: 1000\r\n\r\n")
+    for _ in range(20):  # a byte every 0.2 s: never idle for 0.5 s, past the 1.5 s total
+        try:
+            drip.sendall(b" ")
+        except OSError:
+            break
+        time.sleep(0.2)
+    reply, _ = read_until_closed(drip, 5)
+    assert reply.startswith(b"HTTP/1.1 408") and b"not received within 1.5 s" in reply, reply
+    drip.close()
+
+
 # ---- 5. Host header ----------------------------------------------------------------------
 
 

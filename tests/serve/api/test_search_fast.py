@@ -6,6 +6,7 @@ sends the compact body to a server that takes it, and JSON numbers to one that d
 from __future__ import annotations
 
 import base64
+import sqlite3
 
 import numpy as np
 import pytest
@@ -109,6 +110,40 @@ def test_metadata_is_the_items_own(index_dir, tmp_path) -> None:
                 }  # fmt: skip
         r = client.post("/v1/search", json={"vectors": [[1.0] * D], "with_metadata": False})
         assert all(n["metadata"] is None for n in r.json()["results"][0]["neighbors"])
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_metadata_the_index_cannot_write_as_json_falls_back_to_the_same_answer(
+    index_dir, tmp_path, monkeypatch
+) -> None:
+    body = {"vectors_base64": b64(clustered(3, 4)), "k": 5}
+    client = client_for(index_dir, tmp_path)
+    try:
+        expected = client.post("/v1/search", json=body).json()["results"]
+
+        def unreadable(self, ids):
+            raise sqlite3.OperationalError("malformed JSON")
+
+        monkeypatch.setattr(SearchIndex, "metadata_json", unreadable)
+        assert client.post("/v1/search", json=body).json()["results"] == expected
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_an_unexpected_error_is_a_counted_500_and_the_server_goes_on(
+    index_dir, tmp_path, monkeypatch, caplog
+) -> None:
+    client = client_for(index_dir, tmp_path)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(SearchIndex, "metadata_json", lambda self, ids: 1 / 0)
+            r = client.post("/v1/search", json={"vectors": [[1.0] * D]})
+        assert r.status_code == 500 and r.json()["message"] == "internal error: ZeroDivisionError"
+        assert "unhandled error on POST /v1/search" in caplog.text
+        assert client.post("/v1/search", json={"vectors": [[1.0] * D]}).status_code == 200
+        line = 'coins_http_requests_total{method="POST",route="/v1/search",status="500"} 1.0'
+        assert line in client.get("/metrics").text
     finally:
         client.__exit__(None, None, None)
 
