@@ -46,7 +46,7 @@ def normalise(xq: np.ndarray, dim: int) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         # a NaN or an infinity anywhere in a row, or a square past float32, makes its norm
         # NaN or infinite: the norms alone tell (np.linalg.norm also squares in float32)
-        norms = np.sqrt(np.einsum("ij,ij->i", xq, xq))[:, None]  # [nq, 1]
+        norms = np.sqrt(np.add.reduce(xq * xq, axis=1, keepdims=True))  # [nq, 1]
     if not np.isfinite(norms).all():
         raise ApiError(422, "vectors must be finite: NaN or infinite values (or overflow) found")
     if (norms == 0).any():
