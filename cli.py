@@ -621,6 +621,9 @@ def index_build_cmd(
     field: list[str] | None = typer.Option(
         None, help="NAME:TYPE (int, float, bool, string, timestamp), repeatable; else inferred."
     ),
+    test_fraction: float = TEST_FRACTION,
+    split_by: str = SPLIT_BY,
+    split_seed: int = SPLIT_SEED,
 ) -> None:
     """Embed a gallery with MODEL (or read `coins embed` shards) and build, tune and save an
     index."""
@@ -636,6 +639,7 @@ def index_build_cmd(
         append=append, replace=replace, overwrite=overwrite, batch_size=batch_size,
         threads=threads, strict=strict, on_disk=on_disk, verify=_verify(verify),
         log=lambda line: typer.secho(line, err=True), fields=parse_declared(field or []),
+        test_fraction=test_fraction, split_by=split_by, split_seed=split_seed,
     )  # fmt: skip
     for path, reason in failed:
         typer.secho(f"skipped {path}: {reason}", err=True)

@@ -235,6 +235,7 @@ def build_index_from_model(
     progress: bool = True,
     fields: Mapping[str, str] | None = None,
     log: Any = None,
+    cut: tuple[float, str, int] = (0.0, "item", 0),
     **options: Any,
 ) -> tuple[SearchIndex, list[tuple[Path, str]]]:
     """Embed a gallery (a data set split, a folder of images or a CSV manifest) with an ONNX
@@ -243,11 +244,12 @@ def build_index_from_model(
 
     With `append`, items whose id the index holds already are left as they are (not even
     embedded); with `replace` too, they are embedded again and replace the stored ones (for
-    files changed in place: a path-hash id stays with its path)."""
+    files changed in place: a path-hash id stays with its path). `cut` (test fraction, split
+    by, seed) cuts a gallery without splits as `coins train --test-fraction` did."""
     from coins.retrieval.onnx.runner import OnnxEmbedder, embed_items, gallery_source
 
     model = OnnxEmbedder(model_path, threads=threads)
-    gallery = gallery_source(dataset, split, root, dataset_options, images, manifest)
+    gallery = gallery_source(dataset, split, root, dataset_options, images, manifest, *cut)
     existing, present = None, np.zeros(len(gallery), dtype=bool)
     if append:  # check before embedding: a wrong model would waste the whole pass
         existing = SearchIndex.load(out_dir, model_sha256=model.sha256)
@@ -327,6 +329,9 @@ def build_gallery_index(
     verify: Verify = "fast",
     log: Any = None,
     fields: Mapping[str, str] | None = None,
+    test_fraction: float = 0.0,
+    split_by: str = "item",
+    split_seed: int = 0,
 ) -> tuple[SearchIndex, list[tuple[Path, str]]]:
     """`coins index`: an index of a gallery embedded by an ONNX `model`, or of the shard folders
     of `coins embed` (exactly one of the two); with the images skipped as undecodable.
@@ -335,12 +340,16 @@ def build_gallery_index(
     `on_disk` (shard folders only) keeps the IVF lists in a file; `verify` is how the shards
     are checked; `log` gets the progress lines of a build from shards. `fields` declares the
     types of fields (name -> type); the others are inferred from the rows (fields.py).
+    `test_fraction`, `split_by`, `split_seed` cut a gallery without splits as `coins train
+    --test-fraction` did (retrieval/gallery.py), so that `split` test indexes its held-out side.
     """
     if (model is None) == (not from_embeddings):
         given = "both" if model is not None else "neither"
         raise ValueError(
             f"expected an ONNX model (with a gallery) or from_embeddings shard folders; got {given}"
         )
+    if test_fraction and from_embeddings:
+        raise ValueError("test_fraction cuts a gallery embedded here: cut shards with coins embed")
     if on_disk and (model is not None or append):
         raise ValueError("on_disk builds a new index from from_embeddings shard folders only")
     options: dict[str, Any] = {"append": append, "fields": fields}
@@ -358,7 +367,8 @@ def build_gallery_index(
         options["log"] = log
     return build_index_from_model(
         model, out_dir, dataset, split, root, dataset_options, images, manifest, replace=replace,
-        batch_size=batch_size, strict=strict, threads=threads, progress=progress, **options,
+        batch_size=batch_size, strict=strict, threads=threads, progress=progress,
+        cut=(test_fraction, split_by, split_seed), **options,
     )  # fmt: skip
 
 

@@ -162,3 +162,27 @@ def test_index_takes_a_model_or_shards_not_both(built, tmp_path) -> None:
     result = runner.invoke(app, both)
     assert result.exit_code == 2 and "got both" in result.output
     assert not (tmp_path / "y").exists()
+
+
+def test_index_of_the_photos_a_test_fraction_run_held_out(tiny_onnx: Path, tmp_path: Path) -> None:
+    # `coins index --test-fraction 0.5 --split-seed 3 --split test`: the items `coins train
+    # --test-fraction 0.5 --seed 3` held out, with the whole folder's ids, the cut recorded
+    from coins.retrieval.gallery import gallery_source
+
+    folder = tmp_path / "photos"
+    names = [f"{c}/{f}/{i}.png" for c in ("bags", "shoes") for f in ("a", "b") for i in range(4)]
+    for i, name in enumerate(names):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20 + i, 24), (40 * i % 256, 90, 160)).save(folder / name)
+    out = tmp_path / "held"
+    cut = ["--test-fraction", "0.5", "--split-seed", "3"]
+    args = ["index", "build", str(tiny_onnx), "--images", str(folder), "--split", "test", *cut]
+    result = runner.invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    held = gallery_source(images=folder, split="test", test_fraction=0.5, split_seed=3)
+    index = SearchIndex.load(out)
+    assert sorted(index.labels()[0].tolist()) == sorted(held.ids.tolist()) and len(held) == 8
+    source = index.manifest.source
+    assert (source["test_fraction"], source["split_seed"], source["split"]) == (0.5, 3, "test")
+    other = gallery_source(images=folder, split="test", test_fraction=0.5, split_seed=0)
+    assert sorted(other.ids.tolist()) != sorted(held.ids.tolist())  # the seed matters
