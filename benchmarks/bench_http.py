@@ -25,6 +25,9 @@ PYTHONPATH; uvloop is hidden from it, which that commit did not declare), and `c
 (`--chroma`, a venv with chromadb; HNSW M 16, ef_search 96, cosine) on the same vectors.
 Recall through HTTP: every held-out query sent in batches of 16 to each server, against the
 exact top-10, beside in-process `SearchIndex.search` at the same parameters.
+With two cores or more, one more case per server: batch 1 on one connection with the server's
+threads pinned to the first core and wrk to the others (`pinned_latency`; in-process FAISS is
+timed on the same core), the nearest this machine comes to a client on another machine.
 `--profile SECONDS` also records the new server under 1 connection with py-spy (`--chroma`'s
 venv) and prints where its samples fall, by layer.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -50,6 +54,10 @@ LUA = HERE / "wrk_search.lua"
 K = 10
 NQ = 1000
 CHROMA_COLLECTION = "bench"
+# the pinned latency case (`pinned_latency`): servers on the first core, wrk on the others
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+PINNING = len(CORES) >= 2
+SERVER_CORES, CLIENT_CORES = set(CORES[:1]), set(CORES[1:])
 
 
 # ---- data, ground truth, index --------------------------------------------------------------
@@ -114,8 +122,8 @@ def in_process(work: Path, xq: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
     _, I = index.search(xq, K)  # noqa: E741
     out: dict[str, Any] = {"params": index.manifest.index_params, "recall": recall(I, gt)}
     out["I"] = I
+    times: list[float] = []
     for batch in (1, 16):
-        times = []
         for _ in range(2):  # the first pass touches the mapped lists
             times = []
             for s in range(0, len(xq) - batch + 1, batch):
@@ -127,6 +135,19 @@ def in_process(work: Path, xq: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "qps_one_thread": batch * len(ms) / (ms.sum() / 1000),
         }  # fmt: skip
+    if PINNING:  # on the core the pinned servers get (`pinned_latency`)
+        mask = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, SERVER_CORES)
+        try:
+            for _ in range(2):
+                times = []
+                for s in range(len(xq)):
+                    t = time.perf_counter()
+                    index.search(xq[s : s + 1], K)
+                    times.append(time.perf_counter() - t)
+        finally:
+            os.sched_setaffinity(0, mask)
+        out["batch1_pinned"] = {"p50_ms": float(np.percentile(1000 * np.asarray(times), 50))}
     return out
 
 
@@ -301,10 +322,14 @@ def chroma_prepare(work: Path, venv: Path) -> float:
 # ---- load and recall --------------------------------------------------------------------------
 
 
-def wrk(url: str, path: str, body_file: Path, connections: int, seconds: float) -> dict[str, Any]:
+def wrk(
+    url: str, path: str, body_file: Path, connections: int, seconds: float, pin: bool = False
+) -> dict[str, Any]:
     threads = min(connections, 2)
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
            "--timeout", "10s", "-s", str(LUA), url + path, "--", str(body_file)]  # fmt: skip
+    if pin:
+        cmd = ["taskset", "-c", ",".join(map(str, sorted(CLIENT_CORES))), *cmd]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     figures: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     figures |= {"threads": threads, "connections": connections, "duration_s": seconds}
@@ -331,6 +356,34 @@ def load(server: Server, path: str, files: dict[int, Path], seconds: float,
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
+
+
+def pinned_latency(server: Server, path: str, body_file: Path, seconds: float,
+                   label: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Batch 1, one connection, with the server's threads on one core and wrk on the others:
+    on a 2-core machine shared by client and server, the nearest to a client on a second
+    machine (no core or cache taken by wrk between two requests). The affinity is put back."""
+    masks = {}
+    for pid in server.pids():
+        for t in map(int, os.listdir(f"/proc/{pid}/task")):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                masks[t] = os.sched_getaffinity(t)
+                os.sched_setaffinity(t, SERVER_CORES)
+    try:
+        wrk(server.url, path, body_file, 1, min(2.0, seconds), pin=True)  # warm-up
+        cpu = server.cpu_s()
+        w = wrk(server.url, path, body_file, 1, seconds, pin=True)
+        cpu = server.cpu_s() - cpu
+    finally:
+        for t, mask in masks.items():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(t, mask)
+    rps = w["requests"] / (w["duration_us"] / 1e6)
+    row = {**label, "batch": 1, "pinned": True, **w, "rps": round(rps, 1), "qps": round(rps, 1),
+           "p50_ms": w["p50_us"] / 1000, "p99_ms": w["p99_us"] / 1000,
+           "server_cpu_ms_per_request": round(1000 * cpu / max(1, w["requests"]), 3)}  # fmt: skip
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def http_ids(url: str, path: str, xq: np.ndarray, encoding: str) -> np.ndarray:
@@ -459,6 +512,10 @@ def main() -> None:
                     label = {"system": name, "processes": processes, "encoding": enc}
                     cases = {b: files[enc, b] for b in (1, 16)}
                     result["runs"] += load(server, "/v1/search", cases, a.seconds, label)
+                if processes == 1 and PINNING:
+                    label = {"system": name, "processes": 1, "encoding": "json"}
+                    result["runs"].append(pinned_latency(
+                        server, "/v1/search", files["json", 1], a.seconds, label))  # fmt: skip
             finally:
                 server.stop()
     if a.chroma is not None:
@@ -470,6 +527,9 @@ def main() -> None:
             label = {"system": "chroma", "processes": 1, "encoding": "json"}
             result["runs"] += load(server, path, {b: files["chroma", b] for b in (1, 16)},
                                    a.seconds, label)  # fmt: skip
+            if PINNING:
+                result["runs"].append(pinned_latency(
+                    server, path, files["chroma", 1], a.seconds, label))  # fmt: skip
         finally:
             server.stop()
     if a.profile and a.chroma is not None:
