@@ -14,8 +14,9 @@ change never copies the base: at millions of rows that copy was the cost of ever
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from coins.serve.index.metadata import MetadataStore
 
 if TYPE_CHECKING:
     from coins.serve.index.filters import Where
+
+T = TypeVar("T")
 
 
 class MetadataDelta:
@@ -39,21 +42,21 @@ class MetadataDelta:
         return self.added.count() + len(self.deleted)
 
     def get(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
-        ids = np.asarray(ids, dtype=np.int64).ravel()
-        new = self.added.get(ids)
-        with self._mutex:
-            gone = [int(i) in self.deleted for i in ids]
-        old = self.base.get(ids)
-        both = zip(new, gone, old, strict=True)
-        return [n if n is not None else (None if g else o) for n, g, o in both]
+        return self._read(ids, lambda store, i: store.get(i))
 
     def get_json(self, ids: np.ndarray) -> list[str | None]:
         """`get` as the API's JSON text of each row (MetadataStore.get_json)."""
+        return self._read(ids, lambda store, i: store.get_json(i))
+
+    def _read(
+        self, ids: np.ndarray, read: Callable[[MetadataStore | MetadataDelta, np.ndarray], list[T]]
+    ) -> list[T | None]:
+        """`read` of each id: from the rows added, else None if deleted, else from the base."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        new = self.added.get_json(ids)
+        new = read(self.added, ids)
         with self._mutex:
             gone = [int(i) in self.deleted for i in ids]
-        old = self.base.get_json(ids)
+        old = read(self.base, ids)
         both = zip(new, gone, old, strict=True)
         return [n if n is not None else (None if g else o) for n, g, o in both]
 
