@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 from torch import nn
@@ -74,19 +73,17 @@ def describe(n: int) -> str:
 
 
 def _groups(backbone: nn.Module) -> tuple[dict[str, int], set[int]]:
-    """{name: group} of every parameter, buffer and module of `backbone` (group 0: the stem),
-    and the groups that are stages (those the `blocks` patterns name)."""
-    from timm.models._manipulate import group_with_matcher
+    """{name: group} of every parameter, and every module holding parameters, of `backbone`
+    (group 0: the stem), and the groups that are stages (those the `blocks` patterns name)."""
+    from timm.models import group_modules, group_parameters
 
     matcher = _matcher(backbone)
-    names = [
-        name
-        for name, _ in chain(
-            backbone.named_parameters(), backbone.named_buffers(), backbone.named_modules()
-        )
-        if name
-    ]
-    group: dict[str, int] = group_with_matcher(((n, None) for n in names), matcher, reverse=True)
+    # timm numbers the groups the same way in both: the stem and every stage hold parameters
+    group: dict[str, int] = {
+        **group_parameters(backbone, matcher, reverse=True),
+        **group_modules(backbone, matcher, reverse=True),
+    }
+    names = list(group)
     kinds = [(key, [re.compile(p) for p in _patterns(spec)]) for key, spec in matcher.items()]
 
     def kind(name: str) -> str | None:  # the first entry that names it, as timm matches
