@@ -78,7 +78,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 class CoinsAPI(FastAPI):
     """FastAPI, with POST /v1/search answered first (routes/search.py `SearchEndpoint`): the
-    hot path skips the middleware stack, which does for it only what it does itself."""
+    hot path skips the middleware stack, whose work for it (body limits, errors, metrics)
+    `SearchEndpoint` does itself. A middleware added to the app later does not see this
+    route: add what it must do to `SearchEndpoint` too."""
 
     search_endpoint: routes_search.SearchEndpoint | None = None
 

@@ -3,6 +3,7 @@
 `BodyLimits` bites in an ASGI middleware, before any route parses a body: a declared
 Content-Length over the limit is refused at once, a chunked body as soon as its chunks pass the
 limit. Routes that parse their JSON themselves (`read_body`) bound it lower, by what they accept.
+POST /v1/search, answered before the middleware, applies both in one (`receive_body`).
 """
 
 from __future__ import annotations
