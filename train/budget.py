@@ -112,7 +112,11 @@ def fit_to_budget(options: dict[str, Any], train: Any, fixed: set[str]) -> dict[
     timed = {levels[0]: timing}
     for chosen, frozen in tried:
         if frozen not in timed:  # timed only when needed: each costs a few steps
-            timed[frozen] = _time_steps({**options, "freeze_stages": frozen}, train, size)
+            options_k = {**options, "freeze_stages": frozen}
+            step_k = _time_steps(options_k, train, size, steps_only=True)["step_s"]
+            # freezing changes the steps only: decoding, augmenting, evaluating stay as timed
+            rate = _images_per_s(int(options["batch_size"]), step_k, timing["augment_s"])
+            timed[frozen] = {**timing, "step_s": step_k, "images_per_s": rate}
         left = budget_s - (time.perf_counter() - start) - decode_s
         step_s = timed[frozen]["step_s"]
         epochs, epoch_s, eval_s = _plan(options, n, n_eval, step_s, timing, chosen / size, left)
@@ -280,10 +284,12 @@ def _extra_evals(options: dict[str, Any]) -> int:
     return 3 * (int(options.get("epochs", 1)) // every) if every else 0
 
 
-def _time_steps(options: dict[str, Any], train: Any, size: int) -> dict[str, float]:
+def _time_steps(
+    options: dict[str, Any], train: Any, size: int, steps_only: bool = False
+) -> dict[str, float]:
     """Seconds per training step (forward and backward of a batch, with the options'
     `freeze_stages` frozen), per augmented image, per evaluated image and per decoded file,
-    measured here at input `size`."""
+    measured here at input `size`; `steps_only`: the step alone ({"step_s": ...})."""
     import numpy as np
     import torch
 
@@ -320,6 +326,8 @@ def _time_steps(options: dict[str, Any], train: Any, size: int) -> dict[str, flo
     step()
     step()
     step_s = (time.perf_counter() - tic) / 2
+    if steps_only:
+        return {"step_s": step_s}
     model.eval()
     with torch.no_grad():
         model.encoder_q.embed(x)  # allocates
@@ -350,8 +358,13 @@ def _time_steps(options: dict[str, Any], train: Any, size: int) -> dict[str, flo
         "forward_s": forward_s,
         "decode_s": decode_s,
         "augment_s": augment_s,
-        "images_per_s": B / (step_s + B * augment_s),
+        "images_per_s": _images_per_s(B, step_s, augment_s),
     }
+
+
+def _images_per_s(batch: int, step_s: float, augment_s: float) -> float:
+    """Training images a second: a step of `batch`, and the augmentation of each image."""
+    return batch / (step_s + batch * augment_s)
 
 
 def fitted_from_run(out: str | Path) -> dict[str, Any]:

@@ -92,7 +92,6 @@ class CoinsAPI(FastAPI):
             and scope["path"] == endpoint.PATH
             and scope["method"] == "POST"
         ):
-            scope["app"] = self
             await endpoint(scope, receive, send)
             return
         await super().__call__(scope, receive, send)

@@ -61,15 +61,7 @@ class BodyLimits:
             nonlocal received, body_done
             if body_done:  # later calls wait for a disconnect: no time limit on those
                 return await receive()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BodyTimeout(f"not received within {self.total_timeout:g} s")
-            try:
-                message = await _within(receive(), min(self.idle_timeout, left))
-            except TimeoutError:
-                if left > self.idle_timeout:
-                    raise BodyTimeout(f"no data for {self.idle_timeout:g} s") from None
-                raise BodyTimeout(f"not received within {self.total_timeout:g} s") from None
+            message = await next_message(receive, self.idle_timeout, deadline, self.total_timeout)
             received += len(message.get("body", b""))
             if received > self.max_body:
                 raise BodyTooLarge(self.max_body)
@@ -89,6 +81,22 @@ class BodyLimits:
             if started:
                 raise
             await error_response(exc.status_code, exc.detail)(scope, receive, send)
+
+
+async def next_message(
+    receive: Receive, idle_timeout: float, deadline: float, total_timeout: float
+) -> Message:
+    """The next message of a body, or 408 (BodyTimeout) after `idle_timeout` s without one or
+    at `deadline` (time.monotonic(); `total_timeout` s after the request arrived)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise BodyTimeout(f"not received within {total_timeout:g} s")
+    try:
+        return await _within(receive(), min(idle_timeout, left))
+    except TimeoutError:
+        if left > idle_timeout:
+            raise BodyTimeout(f"no data for {idle_timeout:g} s") from None
+        raise BodyTimeout(f"not received within {total_timeout:g} s") from None
 
 
 async def _within(receive: Awaitable[Message], seconds: float) -> Message:
@@ -153,15 +161,7 @@ async def receive_body(
         raise too_large(limit, what, f"{declared:,}")
     chunks, size = [], 0
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise BodyTimeout(f"not received within {total_timeout:g} s")
-        try:
-            message = await _within(receive(), min(idle_timeout, left))
-        except TimeoutError:
-            if left > idle_timeout:
-                raise BodyTimeout(f"no data for {idle_timeout:g} s") from None
-            raise BodyTimeout(f"not received within {total_timeout:g} s") from None
+        message = await next_message(receive, idle_timeout, deadline, total_timeout)
         if message["type"] != "http.request":
             raise ClientDisconnect()
         chunk = message.get("body", b"")

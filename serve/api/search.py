@@ -168,20 +168,15 @@ def neighbor_rows(
         return [[] for _ in range(nq)]
     extra = 0 if exclude is None else 1
     kk = max(1, min(k + extra, index.ntotal))
-    with metrics.time_stage("search"), state.lock.read():
-        if filter is None:
-            D, I = index.search(xq, kk, allowed)  # [nq, kk] each
-        else:  # the index selects (its cached ids) and searches among them, inside FAISS;
-            try:  # a filter keeping nothing gives ids -1 only, dropped by result_rows
-                D, I = index.search(xq, kk, allowed, filter=filter)
-            except FilterError as err:  # the routes check the filter first (allowed_ids)
-                raise ApiError(422, str(err)) from None
+    # with a filter, the index selects (its cached ids) and searches among them, inside
+    # FAISS; a filter keeping nothing gives ids -1 only, dropped by result_rows
+    try:
+        with metrics.time_stage("search"), state.lock.read():
+            D, I = index.search(xq, kk, allowed, filter=filter)  # [nq, kk] each
+    except FilterError as err:  # a filter that does not fit the index
+        raise ApiError(422, str(err)) from None
     rows = result_rows(D, I, k, exclude)
-    meta: dict[int, Any] = {}
-    if with_metadata and metadata_json:
-        meta = _metadata_json(state, metrics, rows)
-    elif with_metadata:
-        meta = _metadata(state, metrics, rows)
+    meta = _metadata(state, metrics, rows, metadata_json) if with_metadata else {}
     out = []
     for ids, scores in rows:
         found = ids.tolist()
@@ -195,35 +190,29 @@ def neighbor_rows(
 
 
 def _metadata(
-    state: ServiceState, metrics: ServiceMetrics, rows: list[tuple[np.ndarray, np.ndarray]]
-) -> dict[int, dict[str, Any]]:
-    """The metadata of every id in `rows`, in one lookup (ids shared by queries once)."""
-    ids = _row_ids(rows)
-    if ids.size == 0:
-        return {}
-    index = state.index
-    assert index is not None
-    with metrics.time_stage("metadata"), state.lock.read():
-        found = index.metadata(ids.astype(np.int64))
-    return {i: metadata_dict(i, m) for i, m in zip(ids.tolist(), found, strict=True) if m}
-
-
-def _metadata_json(
-    state: ServiceState, metrics: ServiceMetrics, rows: list[tuple[np.ndarray, np.ndarray]]
+    state: ServiceState,
+    metrics: ServiceMetrics,
+    rows: list[tuple[np.ndarray, np.ndarray]],
+    as_json: bool = False,
 ) -> dict[int, Any]:
-    """`_metadata` as orjson Fragments of the JSON the index writes (`metadata_json`); the
-    dicts of `_metadata` where it cannot (a row whose `extra` SQLite does not read as JSON)."""
+    """The metadata of every id in `rows`, in one lookup (ids shared by queries once), as
+    dicts; `as_json`: as orjson Fragments of the JSON the index writes (`metadata_json`),
+    or the dicts where it cannot (a row whose `extra` SQLite does not read as JSON)."""
     ids = _row_ids(rows)
     if ids.size == 0:
         return {}
     index = state.index
     assert index is not None
-    try:
-        with metrics.time_stage("metadata"), state.lock.read():
-            found = index.metadata_json(ids)
-    except sqlite3.OperationalError:
-        return _metadata(state, metrics, rows)
-    return {i: orjson.Fragment(m) for i, m in zip(ids.tolist(), found, strict=True) if m}
+    if as_json:
+        try:
+            with metrics.time_stage("metadata"), state.lock.read():
+                texts = index.metadata_json(ids)
+            return {i: orjson.Fragment(m) for i, m in zip(ids.tolist(), texts, strict=True) if m}
+        except sqlite3.OperationalError:
+            pass  # the dicts below
+    with metrics.time_stage("metadata"), state.lock.read():
+        found = index.metadata(ids)
+    return {i: metadata_dict(i, m) for i, m in zip(ids.tolist(), found, strict=True) if m}
 
 
 def _row_ids(rows: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

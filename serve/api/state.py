@@ -135,8 +135,7 @@ class _Reading:
     def __enter__(self) -> None:
         lock = self._lock
         with lock._cond:
-            if lock._writer or lock._writers_waiting:
-                lock._cond.wait_for(lambda: not lock._writer and not lock._writers_waiting)
+            lock._cond.wait_for(lambda: not lock._writer and not lock._writers_waiting)
             lock._readers += 1
 
     def __exit__(self, *exc: object) -> None:

@@ -118,12 +118,9 @@ class MetadataStore:
     def get(self, ids: np.ndarray) -> list[dict[str, Any] | None]:
         """The row of each id, in order; None where an id has none."""
         found: dict[int, dict[str, Any]] = {}
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT id, path, coarse, fine, extra FROM items WHERE id IN ({marks})"
-            for id_, path, coarse, fine, extra in self._db.execute(query, chunk):
-                found[id_] = {"id": id_, "path": path, "coarse": coarse, "fine": fine}
-                found[id_].update(json.loads(extra))
+        for id_, path, coarse, fine, extra in self._rows("path, coarse, fine, extra", ids):
+            found[id_] = {"id": id_, "path": path, "coarse": coarse, "fine": fine}
+            found[id_].update(json.loads(extra))
         return [found.get(int(i)) for i in np.asarray(ids).ravel()]
 
     def get_json(self, ids: np.ndarray) -> list[str | None]:
@@ -131,12 +128,15 @@ class MetadataStore:
         id has none. What `get` reads, without a Python object per field: the search route
         embeds the text in its answer as it is. sqlite3.OperationalError where SQLite cannot
         read a row's `extra` as JSON (a NaN that Python's json wrote): use `get`."""
-        found: dict[int, str] = {}
+        found: dict[int, str] = dict(self._rows(_ROW_JSON, ids))
+        return [found.get(int(i)) for i in np.asarray(ids).ravel()]
+
+    def _rows(self, columns: str, ids: np.ndarray) -> Iterator[tuple[Any, ...]]:
+        """(id, *columns) of the rows of `ids` that exist, in no particular order."""
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT id, {_ROW_JSON} FROM items WHERE id IN ({marks})"
-            found.update(self._db.execute(query, chunk).fetchall())
-        return [found.get(int(i)) for i in np.asarray(ids).ravel()]
+            query = f"SELECT id, {columns} FROM items WHERE id IN ({marks})"
+            yield from self._db.execute(query, chunk)
 
     def ids_where(self, coarse: str | None = None, fine: str | None = None) -> np.ndarray:
         """Ids (int64, ascending) whose coarse and fine labels equal the given ones."""

@@ -78,7 +78,7 @@ def _fake_timing(step_s: float) -> Any:
     """`step_s` seconds a step at the timed size, nothing else costs (fit_to_budget scales the
     step by the pixels for smaller sizes)."""
 
-    def timed(options: dict[str, Any], train: Any, size: int) -> dict[str, float]:
+    def timed(options: dict[str, Any], train: Any, size: int, **_: Any) -> dict[str, float]:
         zero = {"forward_s": 0.0, "decode_s": 0.0, "augment_s": 0.0, "images_per_s": 1.0}
         return {"step_s": step_s, **zero}
 
@@ -141,7 +141,7 @@ def _timing_by_frozen(step_s: dict[int, float], calls: list[int]) -> Any:
     """`step_s[k]` seconds a step with `freeze_stages` k, at the timed size; `calls` collects
     the levels timed."""
 
-    def timed(options: dict[str, Any], train: Any, size: int) -> dict[str, float]:
+    def timed(options: dict[str, Any], train: Any, size: int, **_: Any) -> dict[str, float]:
         k = int(options.get("freeze_stages", 0))
         calls.append(k)
         zero = {"forward_s": 0.0, "decode_s": 0.0, "augment_s": 0.0}
